@@ -1,0 +1,89 @@
+"""Provider metadata, read by Airflow through the ``apache_airflow_provider`` entry point."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_cerebraform import __version__
+
+_CONN_TYPE = "cerebraform"
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-cerebraform",
+        "name": "Cerebraform",
+        "description": "Generate images and videos with `Cerebraform <https://cerebraform.com>`__.",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Cerebraform",
+                "external-doc-url": "https://cerebraform.com",
+                "tags": ["ai", "media"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Cerebraform",
+                "python-modules": ["airflow_provider_cerebraform.hooks.cerebraform"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Cerebraform",
+                "python-modules": ["airflow_provider_cerebraform.operators.cerebraform"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Cerebraform",
+                "python-modules": ["airflow_provider_cerebraform.sensors.cerebraform"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Cerebraform",
+                "python-modules": ["airflow_provider_cerebraform.triggers.cerebraform"],
+            }
+        ],
+        "connection-types": [
+            {
+                "connection-type": _CONN_TYPE,
+                "hook-class-name": "airflow_provider_cerebraform.hooks.cerebraform.CerebraformHook",
+                "hook-name": "Cerebraform",
+                "conn-fields": {
+                    "tier": {
+                        "label": "Account tier",
+                        "description": "Sets the client-side pacing: free 10 tasks/hour and 20 polls/minute, "
+                        "paid 200 tasks/hour and 120 polls/minute.",
+                        "schema": {"type": ["string", "null"], "enum": ["free", "paid"], "default": "free"},
+                    },
+                    "timeout": {
+                        "label": "Request timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                    },
+                    "retry_limit": {
+                        "label": "Retry limit",
+                        "description": "Retries of a request that failed for a transient reason. "
+                        "Task creation is never retried after it may have reached the service.",
+                        "schema": {"type": ["integer", "null"], "default": 3, "minimum": 0, "maximum": 20},
+                    },
+                    "rate_share": {
+                        "label": "Share of the rate limit",
+                        "description": "Fraction (0.01-1) of the tier's limits each process may use; "
+                        "lower it when several triggerers or workers use the same key.",
+                        "schema": {"type": ["number", "null"], "default": 1.0},
+                    },
+                    "verify_ssl": {
+                        "label": "Verify TLS certificates",
+                        "schema": {"type": ["boolean", "null"], "default": True},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "relabeling": {"password": "API key", "host": "Base URL"},
+                    "placeholders": {"host": "https://cerebraform.com"},
+                },
+            }
+        ],
+    }

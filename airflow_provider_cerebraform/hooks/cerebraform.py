@@ -1,0 +1,210 @@
+"""The Airflow hook: the ``cerebraform`` connection and the sync and async clients built from it."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_cerebraform.client import CerebraformAsyncClient, CerebraformClient
+from airflow_provider_cerebraform.exceptions import CerebraformError, CerebraformValidationError
+from airflow_provider_cerebraform.models import ConnectionSettings, Tier
+
+if TYPE_CHECKING:
+    from airflow.sdk import Connection
+
+    from airflow_provider_cerebraform.models import GenerationKind, TaskResult, TaskState
+
+DEFAULT_BASE_URL = "https://cerebraform.com"
+CONN_TYPE = "cerebraform"
+
+
+def _extra(extras: dict[str, Any], name: str) -> Any:
+    """A connection field, stored by the UI as ``extra__cerebraform__<name>`` or by hand as ``<name>``."""
+    value = extras.get(f"extra__{CONN_TYPE}__{name}")
+    if value in (None, ""):
+        value = extras.get(name)
+    return None if value == "" else value
+
+
+def _number(extras: dict[str, Any], name: str, default: float, *, minimum: float, maximum: float) -> float:
+    value = _extra(extras, name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not minimum <= number <= maximum:
+        raise CerebraformValidationError(
+            f"Invalid connection field {name}={value!r}: expected a number from {minimum:g} to {maximum:g}."
+        )
+    return number
+
+
+def _flag(extras: dict[str, Any], name: str, default: bool) -> bool:
+    value = _extra(extras, name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise CerebraformValidationError(f"Invalid connection field {name}={value!r}: expected true or false.")
+
+
+def settings_from_connection(conn: Connection) -> ConnectionSettings:
+    """Read a ``cerebraform`` connection; every field is optional but the host when not the real service."""
+    extras = conn.extra_dejson or {}
+    host = (conn.host or "").strip().rstrip("/")
+    if not host:
+        base_url = DEFAULT_BASE_URL
+    elif "://" in host:
+        base_url = host
+    else:
+        scheme = conn.schema if conn.schema in ("http", "https") else "https"
+        base_url = f"{scheme}://{host}"
+    if conn.port and "://" not in host:
+        base_url = f"{base_url}:{conn.port}"
+    tier_value = str(_extra(extras, "tier") or Tier.FREE.value).strip().lower()
+    try:
+        tier = Tier(tier_value)
+    except ValueError:
+        raise CerebraformValidationError(
+            f"Invalid connection field tier={tier_value!r}: expected 'free' or 'paid'."
+        ) from None
+    return ConnectionSettings(
+        base_url=base_url,
+        api_key=(conn.password or "").strip() or None,
+        tier=tier,
+        timeout=_number(extras, "timeout", 30.0, minimum=0.1, maximum=3600),
+        max_retries=int(_number(extras, "retry_limit", 3, minimum=0, maximum=20)),
+        retry_backoff=_number(extras, "retry_backoff", 1.0, minimum=0.0, maximum=300),
+        rate_share=_number(extras, "rate_share", 1.0, minimum=0.01, maximum=1.0),
+        time_scale=_number(extras, "time_scale", 1.0, minimum=0.001, maximum=1_000_000),
+        verify_ssl=_flag(extras, "verify_ssl", True),
+    )
+
+
+class CerebraformHook(BaseHook):
+    """
+    Talks to Cerebraform through the ``cerebraform`` connection.
+
+    Password is the API key (none: the shared anonymous quota, with a warning); host is the base URL
+    (default ``https://cerebraform.com``); the extra fields set the tier, timeout, retries, the share
+    of the rate limit this process may use and TLS verification. Blocking methods are for workers;
+    the ``a``-prefixed ones are for triggers and never block the event loop.
+
+    :param cerebraform_conn_id: the connection to use.
+    :param max_rate_limit_wait: the most seconds a blocking call waits in-process for the rate limit
+        (client-side pacing and 429s); past it, :class:`CerebraformRateLimitError` carries
+        ``retry_after`` so the caller can defer instead of holding a worker slot.
+    """
+
+    conn_name_attr = "cerebraform_conn_id"
+    default_conn_name = "cerebraform_default"
+    conn_type = CONN_TYPE
+    hook_name = "Cerebraform"
+
+    def __init__(
+        self,
+        cerebraform_conn_id: str = default_conn_name,
+        *,
+        max_rate_limit_wait: float = 60.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cerebraform_conn_id = cerebraform_conn_id
+        self.max_rate_limit_wait = max_rate_limit_wait
+        self._client: CerebraformClient | None = None
+        self._async_client: CerebraformAsyncClient | None = None
+
+    def __repr__(self) -> str:
+        return f"CerebraformHook(cerebraform_conn_id={self.cerebraform_conn_id!r})"
+
+    def _settings(self, conn: Connection) -> ConnectionSettings:
+        settings = settings_from_connection(conn)
+        if settings.api_key:
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(settings.api_key)
+        else:
+            self.log.warning(
+                "Connection %r has no API key: requests run on the anonymous quota "
+                "(200 per day, shared by every anonymous caller).",
+                self.cerebraform_conn_id,
+            )
+        if not settings.verify_ssl:
+            self.log.warning("Connection %r turns TLS verification off.", self.cerebraform_conn_id)
+        return settings
+
+    def get_conn(self) -> CerebraformClient:
+        """The blocking client of this connection (pooled, built once per hook)."""
+        if self._client is None:
+            settings = self._settings(self.get_connection(self.cerebraform_conn_id))
+            self._client = CerebraformClient(settings, max_wait=self.max_rate_limit_wait)
+        return self._client
+
+    async def aget_conn(self) -> CerebraformAsyncClient:
+        """The non-blocking client; the connection is looked up without blocking the loop."""
+        if self._async_client is None:
+            settings = self._settings(await self.aget_connection(self.cerebraform_conn_id))
+            self._async_client = CerebraformAsyncClient(settings)
+        return self._async_client
+
+    def submit(
+        self,
+        kind: GenerationKind | str,
+        prompt: str,
+        *,
+        image_url: str | None = None,
+        aspect_ratio: str | None = None,
+        duration: int | None = None,
+    ) -> str:
+        """Create an image or video task (paid) and return its request_id."""
+        return self.get_conn().submit(
+            kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
+        )
+
+    def get_status(self, kind: GenerationKind | str, request_id: str) -> TaskState:
+        return self.get_conn().get_status(kind, request_id)
+
+    def get_result(self, kind: GenerationKind | str, request_id: str) -> TaskResult:
+        return self.get_conn().get_result(kind, request_id)
+
+    def get_credits(self) -> int:
+        return self.get_conn().get_credits()
+
+    async def asubmit(
+        self,
+        kind: GenerationKind | str,
+        prompt: str,
+        *,
+        image_url: str | None = None,
+        aspect_ratio: str | None = None,
+        duration: int | None = None,
+    ) -> str:
+        client = await self.aget_conn()
+        return await client.submit(
+            kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
+        )
+
+    async def aget_status(self, kind: GenerationKind | str, request_id: str) -> TaskState:
+        return await (await self.aget_conn()).get_status(kind, request_id)
+
+    async def aget_result(self, kind: GenerationKind | str, request_id: str) -> TaskResult:
+        return await (await self.aget_conn()).get_result(kind, request_id)
+
+    async def aget_credits(self) -> int:
+        return await (await self.aget_conn()).get_credits()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Backs the UI's Test button: asks for the credit balance."""
+        try:
+            credits = self.get_credits()
+        except CerebraformError as error:
+            return False, error.api_message or error.message
+        return True, f"Connected: {credits} credits"

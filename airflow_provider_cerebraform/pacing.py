@@ -1,0 +1,151 @@
+"""
+Client-side pacing: keep each API key under its tier's published limits before the service has to
+say 429.
+
+One :class:`KeyPacer` per (base URL, key) lives in the process and is shared by every hook and
+every trigger in it, sync and async alike; its state is guarded by a plain lock held for
+microseconds, so it never blocks an event loop. Requests reserve a slot in a sliding window the
+way the service counts them (``api-open-questions.md`` #7 and #8): slots are handed out in order,
+so waiting callers are served round-robin.
+
+Several processes on one key (HA triggerers, many workers) each take ``rate_share`` of the limit,
+and every process adapts: a 429 halves its rate and pauses the bucket for ``Retry-After``
+(multiplicative decrease); each admitted request wins back a little (additive increase, one slot
+per window's worth of successes), so the processes settle under the shared limit.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from airflow_provider_cerebraform.models import (
+    ANONYMOUS_LIMIT,
+    PUBLISHED_LIMITS,
+    Bucket,
+    ConnectionSettings,
+    RateLimit,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+# The service counts a request when it arrives; keep a small gap so that a slot released at the
+# service's edge of the window is not used a hair too early.
+_EDGE_MARGIN_FRACTION = 0.01
+_EDGE_MARGIN_MAX = 0.5
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A slot in a window. ``delay`` is how long to wait before sending; 0 means now."""
+
+    delay: float
+    admitted: bool
+
+
+class SlidingWindow:
+    """
+    A sliding-window limiter with reservations and an adaptive (AIMD) ceiling.
+
+    :param limit: the published number of requests per window.
+    :param period: the window in seconds.
+    :param share: the fraction of ``limit`` this process may use.
+    :param clock: a monotonic clock, replaceable in tests.
+    """
+
+    def __init__(
+        self, limit: int, period: float, share: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.period = period
+        self.ceiling = max(1.0, math.floor(limit * share))
+        self.allowed = self.ceiling
+        self.paused_until = 0.0
+        self._clock = clock
+        self._slots: deque[float] = deque()
+        self._margin = min(_EDGE_MARGIN_MAX, period * _EDGE_MARGIN_FRACTION)
+        self._lock = threading.Lock()
+
+    def reserve(self, max_delay: float | None = None) -> Reservation:
+        """
+        Take the next free slot, unless waiting for it would exceed ``max_delay`` seconds; then
+        nothing is taken and the reservation says how long the wait would have been.
+        """
+        with self._lock:
+            now = self._clock()
+            while self._slots and self._slots[0] <= now - self.period:
+                self._slots.popleft()
+            allowed = int(self.allowed)
+            at = max(now, self.paused_until)
+            if self._slots:
+                at = max(at, self._slots[-1])
+            if len(self._slots) >= allowed:
+                at = max(at, self._slots[-allowed] + self.period + self._margin)
+            delay = at - now
+            if max_delay is not None and delay > max_delay:
+                return Reservation(delay=delay, admitted=False)
+            self._slots.append(at)
+            return Reservation(delay=delay, admitted=True)
+
+    def on_success(self) -> None:
+        with self._lock:
+            self.allowed = min(self.ceiling, self.allowed + 1.0 / self.ceiling)
+
+    def on_rate_limited(self, retry_after: float) -> None:
+        with self._lock:
+            self.allowed = max(1.0, self.allowed / 2)
+            self.paused_until = max(self.paused_until, self._clock() + retry_after)
+
+    def is_paused(self) -> bool:
+        """True while a 429's pause lasts; a caller that woke up inside it reserves again."""
+        return self._clock() < self.paused_until
+
+
+class KeyPacer:
+    """The windows of one key: creation and polling per tier, or the single anonymous window."""
+
+    def __init__(self, settings: ConnectionSettings, clock: Callable[[], float] = time.monotonic) -> None:
+        scale = settings.time_scale
+
+        def window(rate: RateLimit) -> SlidingWindow:
+            return SlidingWindow(rate.limit, rate.period / scale, settings.rate_share, clock)
+
+        if settings.api_key:
+            limits = PUBLISHED_LIMITS[settings.tier]
+            self._windows = {bucket: window(rate) for bucket, rate in limits.items()}
+        else:
+            anonymous = window(ANONYMOUS_LIMIT)
+            self._windows = dict.fromkeys(Bucket, anonymous)
+
+    def window(self, bucket: Bucket) -> SlidingWindow:
+        return self._windows[bucket]
+
+
+_pacers: dict[tuple[str, str, str, float, float], KeyPacer] = {}
+_pacers_lock = threading.Lock()
+
+
+def pacer_for(settings: ConnectionSettings) -> KeyPacer:
+    """The process-wide pacer of this key and service; created on first use."""
+    identity = (
+        settings.base_url,
+        settings.key_id,
+        settings.tier.value,
+        settings.rate_share,
+        settings.time_scale,
+    )
+    with _pacers_lock:
+        pacer = _pacers.get(identity)
+        if pacer is None:
+            pacer = _pacers[identity] = KeyPacer(settings)
+        return pacer
+
+
+def reset_pacers() -> None:
+    """Forget every pacer (tests start from a clean process state with it)."""
+    with _pacers_lock:
+        _pacers.clear()
