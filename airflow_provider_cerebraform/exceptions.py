@@ -103,6 +103,10 @@ class CerebraformTaskFailedError(CerebraformError, AirflowFailException):
         self.request_id = request_id
 
 
+class CerebraformTimeoutError(CerebraformError):
+    """The generation was not done within the time the operator was given to wait."""
+
+
 class CerebraformMediaError(CerebraformError):
     """A media file could not be downloaded or stored completely."""
 

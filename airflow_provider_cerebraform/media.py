@@ -1,0 +1,320 @@
+"""
+Moving generated media into object storage: streamed, checked, never half-written at its final path.
+
+Each file is downloaded in chunks (memory stays bounded whatever its size) to a temporary name next
+to its destination while its sha256 and size are computed, and moved to the final name only when
+complete. Transient failures are retried; a URL that has expired (403/404/410) is replaced once by
+fetching the result again (``api-open-questions.md`` #14). Media URLs get no API key: they may point
+anywhere, and the key is only ever sent to the API's own host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mimetypes
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import requests
+
+from airflow_provider_cerebraform.exceptions import CerebraformMediaError, CerebraformValidationError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from logging import Logger
+
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_cerebraform.models import MediaItem, TaskResult
+
+CHUNK_SIZE = 1024 * 1024
+DEFAULT_MAX_BYTES = 4 * 1024**3
+DEFAULT_FILE_NAME = "{request_id}_{index}{ext}"
+EXPIRED_STATUSES = (403, 404, 410)
+_EXTENSIONS = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/webp": ".webp",
+    "image/gif": ".gif",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/quicktime": ".mov",
+}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One stored file, as the result operator returns it and writes it to the manifest."""
+
+    request_id: str
+    kind: str
+    index: int
+    source_url: str
+    path: str
+    bytes: int
+    sha256: str
+    content_type: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Expired(Exception):
+    pass
+
+
+class _Transient(Exception):
+    pass
+
+
+def as_storage_path(output: Any) -> ObjectStoragePath:
+    """An ``ObjectStoragePath`` from one, from a URL (``s3://conn@bucket/prefix``) or from a local path."""
+    from airflow.sdk import ObjectStoragePath
+
+    if isinstance(output, ObjectStoragePath):
+        return output
+    if not isinstance(output, str) or not output.strip():
+        raise CerebraformValidationError(
+            f"Invalid output={output!r}: expected an ObjectStoragePath, a URL such as "
+            "'s3://aws_default@bucket/prefix' or 'file:///data/media', or an absolute local path."
+        )
+    text = output.strip()
+    if "://" not in text:
+        if not text.startswith("/"):
+            raise CerebraformValidationError(
+                f"Invalid output={output!r}: a local path must be absolute (or use a file:// URL)."
+            )
+        text = "file://" + text
+    return ObjectStoragePath(text)
+
+
+def safe_component(text: str, fallback: str = "media") -> str:
+    """A file-name part built from server-supplied text: no separators, no leading dots, bounded."""
+    cleaned = _UNSAFE.sub("_", text).strip("._")[:100]
+    return cleaned or fallback
+
+
+def extension_for(content_type: str | None, url: str) -> str:
+    if content_type:
+        base = content_type.split(";")[0].strip().lower()
+        if base in _EXTENSIONS:
+            return _EXTENSIONS[base]
+        guessed = mimetypes.guess_extension(base)
+        if guessed:
+            return guessed
+    suffix = urlsplit(url).path.rsplit(".", 1)
+    if len(suffix) == 2 and re.fullmatch(r"[A-Za-z0-9]{1,5}", suffix[1]):
+        return "." + suffix[1].lower()
+    return ".bin"
+
+
+def file_name_for(pattern: str, *, request_id: str, kind: str, index: int, ext: str) -> str:
+    """Fill the user's file-name pattern with sanitised values; the result stays inside the output."""
+    try:
+        name = pattern.format(request_id=safe_component(request_id), kind=kind, index=index, ext=ext)
+    except (KeyError, IndexError, ValueError) as error:
+        raise CerebraformValidationError(
+            f"Invalid file_name={pattern!r}: {error}; "
+            "placeholders are {request_id}, {kind}, {index}, {ext}."
+        ) from None
+    parts = name.split("/")
+    if not name or name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise CerebraformValidationError(
+            f"Invalid file_name={pattern!r}: it gives {name!r}; a relative name without '..' is required."
+        )
+    return name
+
+
+def check_media_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise CerebraformMediaError(
+            f"Refusing to download media from {url[:100]!r}: only http(s) URLs are allowed."
+        )
+
+
+class MediaDownloader:
+    """
+    Streams the media of one finished task into a folder of object storage.
+
+    :param session: an HTTP session for the downloads (no API key on it).
+    :param refetch_result: returns the task's result again, for fresh URLs when one has expired.
+    :param timeout: seconds for connecting and for each read.
+    :param max_bytes: the largest file accepted; a larger one fails and leaves nothing behind.
+    :param max_retries: retries of a download that failed for a transient reason.
+    :param retry_backoff: base seconds of the exponential backoff between those retries.
+    :param log: where progress is reported.
+    """
+
+    def __init__(
+        self,
+        session: requests.Session,
+        refetch_result: Callable[[], TaskResult],
+        *,
+        timeout: float = 60.0,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_retries: int = 3,
+        retry_backoff: float = 1.0,
+        log: Logger,
+    ) -> None:
+        self.session = session
+        self.refetch_result = refetch_result
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.max_retries = max_retries
+        self.retry_backoff = retry_backoff
+        self.log = log
+        self._refetched = False
+
+    def store_all(self, result: TaskResult, folder: ObjectStoragePath, file_name: str) -> list[ManifestEntry]:
+        """Store every media file of ``result`` under ``folder`` and write ``<request_id>.manifest.json``."""
+        for item in result.items:
+            check_media_url(item.url)
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = [self._store(result, index, folder, file_name) for index in range(len(result.items))]
+        manifest = folder / f"{safe_component(result.request_id)}.manifest.json"
+        _write_atomically(manifest, json.dumps([entry.to_dict() for entry in entries], indent=2).encode())
+        return entries
+
+    def _store(
+        self, result: TaskResult, index: int, folder: ObjectStoragePath, pattern: str
+    ) -> ManifestEntry:
+        item = result.items[index]
+        failures = 0
+        while True:
+            try:
+                return self._download(result, index, item, folder, pattern)
+            except _Expired as expired:
+                if self._refetched:
+                    raise CerebraformMediaError(
+                        f"Media {index} of {result.request_id} is no longer available ({expired}) "
+                        "even after fetching the result again."
+                    ) from None
+                self.log.warning(
+                    "Media URL %d of %s has expired (%s); fetching the result again",
+                    index,
+                    result.request_id,
+                    expired,
+                )
+                self._refetched = True
+                result = self.refetch_result()
+                if index >= len(result.items):
+                    raise CerebraformMediaError(
+                        f"The fresh result of {result.request_id} lists no media {index}."
+                    ) from None
+                item = result.items[index]
+                check_media_url(item.url)
+            except _Transient as error:
+                failures += 1
+                if failures > self.max_retries:
+                    raise CerebraformMediaError(
+                        f"Downloading media {index} of {result.request_id} failed {failures} times: {error}"
+                    ) from None
+                delay = self.retry_backoff * 2 ** (failures - 1)
+                self.log.warning("Download of media %d failed (%s); retrying in %.1f s", index, error, delay)
+                time.sleep(delay)
+
+    def _download(
+        self, result: TaskResult, index: int, item: MediaItem, folder: ObjectStoragePath, pattern: str
+    ) -> ManifestEntry:
+        try:
+            response = self.session.get(item.url, stream=True, timeout=self.timeout)
+        except requests.RequestException as error:
+            raise _Transient(type(error).__name__) from None
+        with response:
+            if response.status_code in EXPIRED_STATUSES:
+                raise _Expired(f"HTTP {response.status_code}")
+            if response.status_code >= 500 or response.status_code == 429:
+                raise _Transient(f"HTTP {response.status_code}")
+            if response.status_code != 200:
+                raise CerebraformMediaError(
+                    f"Media {index} of {result.request_id}: HTTP {response.status_code}"
+                )
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > self.max_bytes:
+                raise CerebraformMediaError(
+                    f"Media {index} of {result.request_id} is {int(declared)} bytes, "
+                    f"over max_bytes={self.max_bytes}."
+                )
+            content_type = response.headers.get("content-type") or item.content_type
+            name = file_name_for(
+                pattern,
+                request_id=result.request_id,
+                kind=result.kind.value,
+                index=index,
+                ext=extension_for(content_type, item.url),
+            )
+            target = folder / name
+            digest, size = _stream_atomically(response, target, self.max_bytes, declared)
+        self.log.info("Stored media %d of %s: %s (%d bytes)", index, result.request_id, target, size)
+        return ManifestEntry(
+            request_id=result.request_id,
+            kind=result.kind.value,
+            index=index,
+            source_url=item.url,
+            path=str(target),
+            bytes=size,
+            sha256=digest,
+            content_type=content_type,
+        )
+
+
+def _temporary_name(target: ObjectStoragePath) -> ObjectStoragePath:
+    return target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
+
+
+def _stream_atomically(
+    response: requests.Response, target: ObjectStoragePath, max_bytes: int, declared: str | None
+) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_name(target)
+    try:
+        with temporary.open("wb") as sink:
+            for chunk in response.iter_content(CHUNK_SIZE):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise CerebraformMediaError(
+                        f"{target.name}: over max_bytes={max_bytes}; download stopped."
+                    )
+                digest.update(chunk)
+                sink.write(chunk)
+        if declared and declared.isdigit() and size != int(declared):
+            raise _Transient(f"truncated body: {size} of {declared} bytes")
+        temporary.move(target)
+    except requests.RequestException as error:
+        _remove(temporary)
+        raise _Transient(f"{type(error).__name__} after {size} bytes") from None
+    except BaseException:
+        _remove(temporary)
+        raise
+    return digest.hexdigest(), size
+
+
+def _write_atomically(target: ObjectStoragePath, data: bytes) -> None:
+    temporary = _temporary_name(target)
+    try:
+        with temporary.open("wb") as sink:
+            sink.write(data)
+        temporary.move(target)
+    except BaseException:
+        _remove(temporary)
+        raise
+
+
+def _remove(path: ObjectStoragePath) -> None:
+    try:
+        if path.exists():
+            path.unlink()
+    except Exception:
+        pass
+
+
+def manifest_for_xcom(entries: list[ManifestEntry]) -> list[dict[str, Any]]:
+    return [entry.to_dict() for entry in entries]

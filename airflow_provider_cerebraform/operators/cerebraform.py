@@ -1,0 +1,344 @@
+"""Operators: submit a generation, store its results, or both with the wait deferred in between."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import pendulum
+from airflow.sdk import BaseOperator
+
+from airflow_provider_cerebraform.exceptions import (
+    CerebraformInsufficientCreditsError,
+    CerebraformRateLimitError,
+    CerebraformTimeoutError,
+)
+from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
+from airflow_provider_cerebraform.media import (
+    DEFAULT_FILE_NAME,
+    DEFAULT_MAX_BYTES,
+    MediaDownloader,
+    as_storage_path,
+    manifest_for_xcom,
+)
+from airflow_provider_cerebraform.models import TaskStatus
+from airflow_provider_cerebraform.triggers.cerebraform import CerebraformTaskTrigger, raise_for_event
+from airflow_provider_cerebraform.validation import (
+    build_submission,
+    validate_kind,
+    validate_literals,
+    validate_request_id,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from airflow.sdk import Context
+
+    from airflow_provider_cerebraform.models import GenerationKind
+
+#: Key in ``task_state_store`` that remembers the submission across retries of one task instance.
+SUBMISSION_KEY = "cerebraform_submission"
+#: Key that remembers when the first 429 of this task instance deferred it, for ``max_rate_limit_wait``.
+RATE_LIMITED_SINCE_KEY = "cerebraform_rate_limited_since"
+
+_warned_no_state_store = False
+
+
+class CerebraformSubmitOperator(BaseOperator):
+    """
+    Submits an image or video generation and returns its ``request_id`` (so ``.output`` feeds the
+    sensor or the result operator); the id is also pushed to XCom under ``request_id``.
+
+    Retry-safe: the request is remembered in the task state store right after the service accepts
+    it, so a retry of the same task instance reconnects to it instead of paying again (unless it
+    failed, or the inputs changed). When the rate limit asks for a longer wait than the hook will
+    hold a worker for, the task defers on a timer for ``Retry-After`` plus jitter and tries again,
+    for up to ``max_rate_limit_wait`` seconds in all.
+
+    :param prompt: what to generate, 1 to 1000 characters (templated).
+    :param kind: ``"image"`` or ``"video"`` (templated).
+    :param image_url: an absolute http(s) URL of a starting image (templated).
+    :param aspect_ratio: ``"W:H"``, e.g. ``"16:9"``; the API's default is ``"9:16"`` (templated).
+    :param duration: video only, 5 or 10 seconds (templated).
+    :param min_credits: if set, check the balance first and fail before spending when it is lower.
+    :param max_rate_limit_wait: seconds this task may spend deferred on rate limits before failing.
+    :param cerebraform_conn_id: the Cerebraform connection.
+    """
+
+    template_fields: Sequence[str] = (
+        "prompt",
+        "kind",
+        "image_url",
+        "aspect_ratio",
+        "duration",
+        "min_credits",
+    )
+    ui_color = "#d6c8ff"
+
+    def __init__(
+        self,
+        *,
+        prompt: str,
+        kind: str = "image",
+        image_url: str | None = None,
+        aspect_ratio: str | None = None,
+        duration: int | None = None,
+        min_credits: int | None = None,
+        max_rate_limit_wait: float = 24 * 3600.0,
+        cerebraform_conn_id: str = CerebraformHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        validate_literals(
+            kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
+        )
+        self.prompt = prompt
+        self.kind = kind
+        self.image_url = image_url
+        self.aspect_ratio = aspect_ratio
+        self.duration = duration
+        self.min_credits = min_credits
+        self.max_rate_limit_wait = max_rate_limit_wait
+        self.cerebraform_conn_id = cerebraform_conn_id
+
+    @property
+    def hook(self) -> CerebraformHook:
+        return CerebraformHook(self.cerebraform_conn_id)
+
+    def execute(self, context: Context) -> Any:
+        return self._continue_after_submit(context, self._submit(context))
+
+    def execute_after_rate_limit(self, context: Context, event: Any = None) -> Any:
+        """Where a task deferred by a 429 comes back: it tries the submission again."""
+        return self.execute(context)
+
+    def _continue_after_submit(self, context: Context, request_id: str) -> Any:
+        return request_id
+
+    def _submit(self, context: Context) -> str:
+        kind, payload = build_submission(
+            self.kind,
+            self.prompt,
+            image_url=self.image_url,
+            aspect_ratio=self.aspect_ratio,
+            duration=self.duration,
+        )
+        hook = self.hook
+        store = _state_store(context, self.log)
+        fingerprint = hashlib.sha256(json.dumps([kind.value, payload], sort_keys=True).encode()).hexdigest()
+        request_id = self._reconnect(hook, store, kind, fingerprint)
+        if request_id is None:
+            self._check_credits(hook)
+            try:
+                request_id = hook.submit(kind, **payload)
+            except CerebraformRateLimitError as error:
+                self._defer_for_rate_limit(store, error)
+            if store is not None:
+                store.set(SUBMISSION_KEY, {"request_id": request_id, "fingerprint": fingerprint})
+                store.delete(RATE_LIMITED_SINCE_KEY)
+            self.log.info("Submitted %s task %s", kind.value, request_id)
+        context["ti"].xcom_push(key="request_id", value=request_id)
+        return request_id
+
+    def _reconnect(
+        self, hook: CerebraformHook, store: Any, kind: GenerationKind, fingerprint: str
+    ) -> str | None:
+        remembered = store.get(SUBMISSION_KEY) if store is not None else None
+        if not isinstance(remembered, dict) or remembered.get("fingerprint") != fingerprint:
+            return None
+        request_id = remembered["request_id"]
+        state = hook.get_status(kind, request_id)
+        if state.status is TaskStatus.FAILED:
+            self.log.warning(
+                "The earlier try's task %s failed (%s); submitting again", request_id, state.message
+            )
+            return None
+        self.log.info("Reconnecting to %s from an earlier try instead of paying again", state.describe())
+        return request_id
+
+    def _check_credits(self, hook: CerebraformHook) -> None:
+        if self.min_credits is None:
+            return
+        minimum = int(self.min_credits)
+        balance = hook.get_credits()
+        if balance < minimum:
+            raise CerebraformInsufficientCreditsError(
+                f"The account has {balance} credits, below min_credits={minimum}; nothing was submitted."
+            )
+        self.log.info("Balance %d credits (min_credits=%d)", balance, minimum)
+
+    def _defer_for_rate_limit(self, store: Any, error: CerebraformRateLimitError) -> None:
+        now = time.time()
+        since = store.get(RATE_LIMITED_SINCE_KEY) if store is not None else None
+        if not isinstance(since, (int, float)):
+            since = now
+            if store is not None:
+                store.set(RATE_LIMITED_SINCE_KEY, since)
+        # Jitter spreads mapped tasks refused together, so they do not all return in the same second.
+        wait = error.retry_after + random.uniform(0.0, max(1.0, error.retry_after * 0.25))
+        if now + wait - since > self.max_rate_limit_wait:
+            raise CerebraformRateLimitError(
+                f"{error.message}; waiting would pass max_rate_limit_wait={self.max_rate_limit_wait:.0f} s.",
+                retry_after=error.retry_after,
+                http_status=error.http_status,
+                endpoint=error.endpoint,
+            ) from error
+        self.log.warning(
+            "%s. Deferring %.0f s without a worker slot, then submitting again.", error.message, wait
+        )
+        from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+
+        self.defer(
+            trigger=DateTimeTrigger(moment=pendulum.now("UTC").add(seconds=wait)),
+            method_name="execute_after_rate_limit",
+        )
+
+
+class _ResultDelivery:
+    """What the result and the all-in-one operator share: fetch the result and store its media."""
+
+    cerebraform_conn_id: str
+    output: Any
+    file_name: str
+    max_bytes: int
+    log: Any
+    outlets: Any
+
+    def _deliver(self, context: Context, kind: str, request_id: str) -> Any:
+        hook = CerebraformHook(self.cerebraform_conn_id)
+        result = hook.get_result(kind, request_id)
+        if self.output is None:
+            self.log.info("Task %s produced %d media file(s)", request_id, len(result.items))
+            return result.urls
+        settings = hook.get_conn().protocol.settings
+        downloader = MediaDownloader(
+            hook.get_conn().session,
+            lambda: hook.get_result(kind, request_id),
+            timeout=settings.timeout,
+            max_bytes=int(self.max_bytes),
+            max_retries=settings.max_retries,
+            retry_backoff=settings.retry_backoff,
+            log=self.log,
+        )
+        entries = downloader.store_all(result, as_storage_path(self.output), self.file_name)
+        manifest = manifest_for_xcom(entries)
+        for outlet in self.outlets or []:
+            if type(outlet).__name__ == "Asset":
+                context["outlet_events"][outlet].extra = {"request_id": request_id, "manifest": manifest}
+        return manifest
+
+
+class CerebraformResultOperator(_ResultDelivery, BaseOperator):
+    """
+    Fetches a finished task's media. Without ``output`` it returns the media URLs (they may be signed
+    and expire). With ``output`` it streams every file into object storage (``file://``, ``s3://``,
+    ``gs://``, ...) and returns the manifest: one entry per file with ``request_id``, ``kind``,
+    ``index``, ``source_url``, ``path``, ``bytes``, ``sha256`` and ``content_type``; the same
+    manifest is written as ``<request_id>.manifest.json`` next to the files, and declared asset
+    ``outlets`` get it in their event's ``extra``. A file is written under a temporary name and moved
+    into place only when complete; re-running writes the same paths.
+
+    :param request_id: the finished task (templated).
+    :param kind: ``"image"`` or ``"video"`` (templated).
+    :param output: an ``ObjectStoragePath``, a URL such as ``s3://aws_default@bucket/prefix`` or an
+        absolute local path (templated); None returns the URLs only.
+    :param file_name: the file-name pattern with ``{request_id}``, ``{kind}``, ``{index}`` and
+        ``{ext}`` (from the content type); server-supplied values are sanitised (templated).
+    :param max_bytes: the largest file accepted.
+    :param cerebraform_conn_id: the Cerebraform connection.
+    """
+
+    template_fields: Sequence[str] = ("request_id", "kind", "output", "file_name")
+    ui_color = "#c8e6ff"
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        kind: str = "image",
+        output: Any = None,
+        file_name: str = DEFAULT_FILE_NAME,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        cerebraform_conn_id: str = CerebraformHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        validate_literals(request_id=request_id, kind=kind)
+        self.request_id = request_id
+        self.kind = kind
+        self.output = output
+        self.file_name = file_name
+        self.max_bytes = max_bytes
+        self.cerebraform_conn_id = cerebraform_conn_id
+
+    def execute(self, context: Context) -> Any:
+        return self._deliver(context, validate_kind(self.kind).value, validate_request_id(self.request_id))
+
+
+class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
+    """
+    The common case in one task: submit (retry-safe, deferring on rate limits), wait in the
+    triggerer without a worker slot, then return the URLs or store the media exactly as
+    :class:`CerebraformResultOperator` does.
+
+    Takes every parameter of :class:`CerebraformSubmitOperator` and of
+    :class:`CerebraformResultOperator` (but ``request_id``), and:
+
+    :param poll_interval: seconds between status polls in the trigger.
+    :param wait_timeout: seconds to wait for the generation before failing; None waits for ever.
+    """
+
+    template_fields: Sequence[str] = (*CerebraformSubmitOperator.template_fields, "output", "file_name")
+    ui_color = "#e0d0ff"
+
+    def __init__(
+        self,
+        *,
+        output: Any = None,
+        file_name: str = DEFAULT_FILE_NAME,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        poll_interval: float = 5.0,
+        wait_timeout: float | None = 6 * 3600.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.output = output
+        self.file_name = file_name
+        self.max_bytes = max_bytes
+        self.poll_interval = poll_interval
+        self.wait_timeout = wait_timeout
+
+    def _continue_after_submit(self, context: Context, request_id: str) -> Any:
+        kind = validate_kind(self.kind).value
+        self.defer(
+            trigger=CerebraformTaskTrigger(
+                request_id=request_id,
+                kind=kind,
+                cerebraform_conn_id=self.cerebraform_conn_id,
+                poll_interval=self.poll_interval,
+                deadline=time.time() + self.wait_timeout if self.wait_timeout is not None else None,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.wait_timeout + 300) if self.wait_timeout is not None else None,
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
+        finished = raise_for_event(event, on_timeout=CerebraformTimeoutError)
+        return self._deliver(context, finished["kind"], finished["request_id"])
+
+
+def _state_store(context: Context, log: Any) -> Any:
+    """The task state store (Airflow 3.3+), or None with a one-time warning on older versions."""
+    global _warned_no_state_store
+    store = context.get("task_state_store")  # type: ignore[call-overload]
+    if store is None and not _warned_no_state_store:
+        _warned_no_state_store = True
+        log.warning(
+            "This Airflow has no task_state_store: a retry of a submit task may submit (and pay) again."
+        )
+    return store
