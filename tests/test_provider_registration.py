@@ -1,0 +1,53 @@
+"""The provider is installed and Airflow's own machinery sees it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import airflow
+import jsonschema
+
+from airflow_provider_cerebraform.get_provider_info import get_provider_info
+
+
+def test_provider_info_validates_against_the_installed_airflow_schema():
+    schema = json.loads((Path(airflow.__file__).parent / "provider_info.schema.json").read_text())
+    jsonschema.validate(get_provider_info(), schema)
+
+
+def test_every_module_named_in_provider_info_imports():
+    import importlib
+
+    info = get_provider_info()
+    for section in ("hooks", "operators", "sensors", "triggers"):
+        for entry in info[section]:
+            for module in entry["python-modules"]:
+                importlib.import_module(module)
+    hook_path = info["connection-types"][0]["hook-class-name"]
+    module, _, name = hook_path.rpartition(".")
+    hook = getattr(importlib.import_module(module), name)
+    assert hook.conn_type == "cerebraform"
+    assert hook.default_conn_name == "cerebraform_default"
+
+
+def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    airflow_cli = [sys.executable, "-m", "airflow"]
+    listed = subprocess.run(
+        [*airflow_cli, "providers", "list", "-o", "json"], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    packages = {row["package_name"]: row for row in json.loads(listed.stdout)}
+    assert "airflow-provider-cerebraform" in packages
+    hooks = subprocess.run(
+        [*airflow_cli, "providers", "hooks", "-o", "json"], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert hooks.returncode == 0, hooks.stderr[-2000:]
+    rows = {row["connection_type"]: row for row in json.loads(hooks.stdout)}
+    assert rows["cerebraform"]["class"] == "airflow_provider_cerebraform.hooks.cerebraform.CerebraformHook"
+    assert rows["cerebraform"]["package_name"] == "airflow-provider-cerebraform"
+    assert rows["cerebraform"]["hook_name"] == "Cerebraform"

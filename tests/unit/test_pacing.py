@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from airflow_provider_cerebraform.pacing import SlidingWindow
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_window_admits_the_limit_then_spaces_by_the_period():
+    clock = FakeClock()
+    window = SlidingWindow(limit=3, period=60.0, clock=clock)
+    delays = [window.reserve().delay for _ in range(5)]
+    assert delays[:3] == [0.0, 0.0, 0.0]
+    # The 4th and 5th wait for the 1st and 2nd to leave the window (plus the edge margin).
+    assert 60.0 < delays[3] <= 60.5
+    assert delays[4] >= delays[3]
+
+
+def test_reservation_beyond_max_delay_is_refused_and_takes_nothing():
+    clock = FakeClock()
+    window = SlidingWindow(limit=1, period=60.0, clock=clock)
+    assert window.reserve(max_delay=0).admitted
+    refused = window.reserve(max_delay=10)
+    assert not refused.admitted and refused.delay > 60
+    clock.now += 61
+    assert window.reserve(max_delay=0).delay == 0.0
+
+
+def test_any_window_of_the_period_never_holds_more_than_the_limit():
+    clock = FakeClock()
+    window = SlidingWindow(limit=20, period=60.0, clock=clock)
+    slots = [clock.now + window.reserve().delay for _ in range(200)]
+    for start in slots:
+        assert sum(1 for slot in slots if start <= slot < start + 60.0) <= 20
+
+
+def test_share_takes_a_fraction_of_the_limit():
+    window = SlidingWindow(limit=120, period=60.0, share=0.25, clock=FakeClock())
+    assert window.ceiling == 30
+
+
+def test_429_halves_the_rate_pauses_and_recovers_additively():
+    clock = FakeClock()
+    window = SlidingWindow(limit=20, period=60.0, clock=clock)
+    window.on_rate_limited(retry_after=30)
+    assert window.allowed == 10
+    assert window.is_paused()
+    assert 29.9 < window.reserve().delay <= 30.0
+    clock.now += 31
+    assert not window.is_paused()
+    for _ in range(20):
+        window.on_success()
+    assert 10 < window.allowed <= 11.01
+    for _ in range(1000):
+        window.on_success()
+    assert window.allowed == 20
