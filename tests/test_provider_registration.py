@@ -51,3 +51,16 @@ def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
     assert rows["cerebraform"]["class"] == "airflow_provider_cerebraform.hooks.cerebraform.CerebraformHook"
     assert rows["cerebraform"]["package_name"] == "airflow-provider-cerebraform"
     assert rows["cerebraform"]["hook_name"] == "Cerebraform"
+
+
+def test_connection_form_fields_reach_the_providers_manager():
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    widgets = manager.connection_form_widgets
+    for field in ("tier", "timeout", "retry_limit", "rate_share", "verify_ssl"):
+        assert f"extra__cerebraform__{field}" in widgets
+    assert widgets["extra__cerebraform__tier"].field["schema"]["enum"] == ["free", "paid"]
+    behaviour = manager.field_behaviours["cerebraform"]
+    assert behaviour["relabeling"]["password"] == "API key"
+    assert "login" in behaviour["hidden_fields"]

@@ -1,0 +1,3 @@
+"""Tests of the Cerebraform emulator, over real HTTP on loopback."""
+
+from __future__ import annotations

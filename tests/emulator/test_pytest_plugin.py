@@ -1,0 +1,87 @@
+"""The pytest fixtures, both in this session and in a user's own pytest run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import metadata
+from typing import TYPE_CHECKING
+
+import requests
+
+from airflow_provider_cerebraform.emulator.process import _PACKAGE_ROOT
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
+
+USER_TEST = """
+import json, os
+import requests
+
+
+def test_submit(cerebraform_emulator):
+    conn = json.loads(os.environ["AIRFLOW_CONN_CEREBRAFORM_DEFAULT"])
+    assert conn == {"conn_type": "cerebraform", "host": cerebraform_emulator.url, "password": "cf-dev-key"}
+    headers = {"Authorization": f"Bearer {conn['password']}"}
+    response = requests.post(conn["host"] + "/ai/v1/to-image", json={"prompt": "x"}, headers=headers)
+    assert response.status_code == 201
+    assert len(cerebraform_emulator.admin.tasks()) == 1
+
+
+def test_each_test_starts_clean(cerebraform_emulator, cerebraform_emulator_args):
+    assert cerebraform_emulator.admin.tasks() == []
+    assert cerebraform_emulator.admin.config()["time_scale"] == 40
+    assert cerebraform_emulator.process.is_running()
+"""
+
+USER_CONFTEST = """
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cerebraform_emulator_args():
+    return ["--time-scale", "40", "--credits", "77"]
+"""
+
+USER_OVERRIDE_TEST = """
+def test_overridden_args(cerebraform_emulator):
+    assert cerebraform_emulator.admin.stats()["credits"]["anonymous"] == 1000
+    assert cerebraform_emulator.admin.config()["credits"] == 77
+"""
+
+
+def test_fixture_sets_the_connection_and_resets(cerebraform_emulator: EmulatorHandle) -> None:
+    conn = json.loads(os.environ["AIRFLOW_CONN_CEREBRAFORM_DEFAULT"])
+    assert conn == {"conn_type": "cerebraform", "host": cerebraform_emulator.url, "password": "cf-dev-key"}
+    assert cerebraform_emulator.api_key == "cf-dev-key"
+    assert cerebraform_emulator.conn_id == "cerebraform_default"
+    headers = {"Authorization": f"Bearer {cerebraform_emulator.api_key}"}
+    response = requests.get(cerebraform_emulator.url + "/ai/v1/user/credits", headers=headers, timeout=5)
+    assert response.json() == {"credits": 1000}
+    assert cerebraform_emulator.admin.stats()["requests"]["credits"] == 1
+
+
+def test_fixtures_in_a_users_own_pytest_run(tmp_path: Path) -> None:
+    (tmp_path / "test_user_dag.py").write_text(USER_TEST)
+    (tmp_path / "conftest.py").write_text(USER_CONFTEST)
+    (tmp_path / "test_override.py").write_text(USER_OVERRIDE_TEST)
+    installed = any(
+        ep.value == "airflow_provider_cerebraform.emulator.pytest_plugin"
+        for ep in metadata.entry_points(group="pytest11")
+    )
+    plugin = [] if installed else ["-p", "airflow_provider_cerebraform.emulator.pytest_plugin"]
+    env = {**os.environ, "PYTHONPATH": _PACKAGE_ROOT}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout
