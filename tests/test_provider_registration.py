@@ -38,13 +38,21 @@ def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
     env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     airflow_cli = [sys.executable, "-m", "airflow"]
     listed = subprocess.run(
-        [*airflow_cli, "providers", "list", "-o", "json"], env=env, capture_output=True, text=True, timeout=180
+        [*airflow_cli, "providers", "list", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert listed.returncode == 0, listed.stderr[-2000:]
     packages = {row["package_name"]: row for row in json.loads(listed.stdout)}
     assert "airflow-provider-cerebraform" in packages
     hooks = subprocess.run(
-        [*airflow_cli, "providers", "hooks", "-o", "json"], env=env, capture_output=True, text=True, timeout=180
+        [*airflow_cli, "providers", "hooks", "-o", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert hooks.returncode == 0, hooks.stderr[-2000:]
     rows = {row["connection_type"]: row for row in json.loads(hooks.stdout)}

@@ -10,14 +10,6 @@ import requests
 
 from airflow_provider_cerebraform.emulator import CerebraformEmulator, EmulatorConfig
 
-# The plugin's fixtures, for runs where the package's pytest11 entry point is not installed. When it is,
-# these definitions simply shadow the plugin's identical ones for this directory.
-from airflow_provider_cerebraform.emulator.pytest_plugin import (  # noqa: F401
-    cerebraform_emulator,
-    cerebraform_emulator_args,
-    cerebraform_emulator_process,
-)
-
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 

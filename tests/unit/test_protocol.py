@@ -39,7 +39,13 @@ class Clock:
 
 
 def protocol(max_wait: float | None = 60.0, **settings) -> CerebraformProtocol:
-    values = {"base_url": "http://api.test", "api_key": KEY, "tier": Tier.PAID, "retry_backoff": 1.0, **settings}
+    values = {
+        "base_url": "http://api.test",
+        "api_key": KEY,
+        "tier": Tier.PAID,
+        "retry_backoff": 1.0,
+        **settings,
+    }
     config = ConnectionSettings(**values)
     clock = Clock()
     p = CerebraformProtocol(config, max_wait=max_wait, pacer=KeyPacer(config, clock=clock), rng=lambda: 0.0)
@@ -72,7 +78,9 @@ def sends(steps):
 
 
 def test_submit_sends_the_validated_body_and_returns_the_id():
-    value, steps = drive(protocol().submit("video", "river", duration=10), [answer(201, {"request_id": "r1"})])
+    value, steps = drive(
+        protocol().submit("video", "river", duration=10), [answer(201, {"request_id": "r1"})]
+    )
     assert value == "r1"
     (send,) = sends(steps)
     assert send.request.method == "POST" and send.request.path == "/ai/v1/to-video"
@@ -80,7 +88,7 @@ def test_submit_sends_the_validated_body_and_returns_the_id():
 
 
 def test_200_without_request_id_is_a_response_error():
-    with pytest.raises(CerebraformResponseError, match="submit image.*no request_id"):
+    with pytest.raises(CerebraformResponseError, match=r"submit image.*no request_id"):
         drive(protocol().submit("image", "x"), [answer(200, {"id": "r1"})])
 
 
@@ -155,7 +163,10 @@ def test_submit_is_retried_on_429():
 
 def test_429_longer_than_the_in_process_cap_raises_with_retry_after():
     with pytest.raises(CerebraformRateLimitError) as raised:
-        drive(protocol(max_wait=60).submit("image", "x"), [answer(429, {"msg": "slow down"}, {"retry-after": "52"})] * 2)
+        drive(
+            protocol(max_wait=60).submit("image", "x"),
+            [answer(429, {"msg": "slow down"}, {"retry-after": "52"})] * 2,
+        )
     # 52 s fits in the 60 s cap once; the second 52 s would not.
     assert raised.value.retry_after == 52
     assert "slow down" in str(raised.value)

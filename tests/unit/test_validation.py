@@ -84,7 +84,9 @@ def test_request_id_must_look_like_an_id(bad):
     duration=st.one_of(st.none(), st.integers(-20, 20), st.text(max_size=3), st.floats(allow_nan=True)),
     image_url=st.one_of(st.none(), st.text(max_size=40), st.just("https://example.com/i.png")),
 )
-def test_arbitrary_parameters_give_a_valid_body_or_the_typed_error(kind, prompt, aspect_ratio, duration, image_url):
+def test_arbitrary_parameters_give_a_valid_body_or_the_typed_error(
+    kind, prompt, aspect_ratio, duration, image_url
+):
     try:
         generation_kind, payload = build_submission(
             kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
