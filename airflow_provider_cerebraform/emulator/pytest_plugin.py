@@ -37,6 +37,8 @@ class EmulatorHandle:
     :param admin: control client.
     :param process: the session's emulator process.
     :param conn_id: the Airflow connection id set in the environment.
+    :param time_scale: the emulator's ``--time-scale``; the connection passes it on so the client's
+        pacing uses the same compressed windows.
     """
 
     url: str
@@ -44,10 +46,14 @@ class EmulatorHandle:
     admin: EmulatorAdmin
     process: EmulatorProcess
     conn_id: str = "cerebraform_default"
+    time_scale: float = 1.0
 
-    def connection_json(self) -> str:
-        """Return the JSON connection put in ``AIRFLOW_CONN_CEREBRAFORM_DEFAULT``."""
-        return json.dumps({"conn_type": "cerebraform", "host": self.url, "password": self.api_key})
+    def connection_json(self, **extra: object) -> str:
+        """Return the JSON connection put in ``AIRFLOW_CONN_CEREBRAFORM_DEFAULT`` (``extra`` adds fields)."""
+        fields = {"tier": "paid", "time_scale": self.time_scale, **extra}
+        return json.dumps(
+            {"conn_type": "cerebraform", "host": self.url, "password": self.api_key, "extra": fields}
+        )
 
 
 @pytest.fixture(scope="session")
@@ -79,6 +85,18 @@ def cerebraform_emulator(
         pytest.fail(f"the Cerebraform emulator process died:\n{process.log_text()[-3000:]}")
     admin = process.admin
     admin.reset()
-    handle = EmulatorHandle(url=process.url, api_key=DEV_KEY, admin=admin, process=process)
+    handle = EmulatorHandle(
+        url=process.url, api_key=DEV_KEY, admin=admin, process=process, time_scale=_time_scale(process.args)
+    )
     monkeypatch.setenv(CONN_ENV, handle.connection_json())
     yield handle
+
+
+def _time_scale(args: list[str]) -> float:
+    """The ``--time-scale`` among the emulator's flags (1 when absent)."""
+    for position, arg in enumerate(args):
+        if arg == "--time-scale" and position + 1 < len(args):
+            return float(args[position + 1])
+        if arg.startswith("--time-scale="):
+            return float(arg.split("=", 1)[1])
+    return 1.0

@@ -25,7 +25,7 @@ import requests
 
 def test_submit(cerebraform_emulator):
     conn = json.loads(os.environ["AIRFLOW_CONN_CEREBRAFORM_DEFAULT"])
-    assert conn == {"conn_type": "cerebraform", "host": cerebraform_emulator.url, "password": "cf-dev-key"}
+    assert conn == {"conn_type": "cerebraform", "host": cerebraform_emulator.url, "password": "cf-dev-key", "extra": {"tier": "paid", "time_scale": 40.0}}
     headers = {"Authorization": f"Bearer {conn['password']}"}
     response = requests.post(conn["host"] + "/ai/v1/to-image", json={"prompt": "x"}, headers=headers)
     assert response.status_code == 201
@@ -56,7 +56,12 @@ def test_overridden_args(cerebraform_emulator):
 
 def test_fixture_sets_the_connection_and_resets(cerebraform_emulator: EmulatorHandle) -> None:
     conn = json.loads(os.environ["AIRFLOW_CONN_CEREBRAFORM_DEFAULT"])
-    assert conn == {"conn_type": "cerebraform", "host": cerebraform_emulator.url, "password": "cf-dev-key"}
+    assert conn == {
+        "conn_type": "cerebraform",
+        "host": cerebraform_emulator.url,
+        "password": "cf-dev-key",
+        "extra": {"tier": "paid", "time_scale": 40.0},
+    }
     assert cerebraform_emulator.api_key == "cf-dev-key"
     assert cerebraform_emulator.conn_id == "cerebraform_default"
     headers = {"Authorization": f"Bearer {cerebraform_emulator.api_key}"}
