@@ -1,0 +1,71 @@
+"""
+Airflow for the whole test session: a throw-away AIRFLOW_HOME with a migrated sqlite database and a
+DAGS_FOLDER holding copies of ``example_dags/`` and ``tests/dags/``.
+
+The environment is set when this file is imported, before any test module imports Airflow, because
+Airflow reads its configuration once. ``dag.test()`` serializes the DAGs of the configured folder
+before it runs one, so a DAG under test must live in that folder: load it with ``load_dag``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow.sdk import DAG
+
+REPO = Path(__file__).resolve().parent.parent
+AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="cerebraform-airflow-home-"))
+DAGS_FOLDER = AIRFLOW_HOME / "dags"
+
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+    }
+)
+
+
+def _copy_dags() -> None:
+    DAGS_FOLDER.mkdir(parents=True, exist_ok=True)
+    for source, name in ((REPO / "example_dags", "example_dags"), (REPO / "tests" / "dags", "test_dags")):
+        if source.is_dir():
+            shutil.copytree(source, DAGS_FOLDER / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[Path]:
+    """A migrated metadata database and the DAG folder, once per session; yields AIRFLOW_HOME."""
+    _copy_dags()
+    migrated = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, timeout=600
+    )
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    yield AIRFLOW_HOME
+    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+
+
+def load_dag(relative_path: str, dag_id: str) -> DAG:
+    """Import a DAG from its copy in the session's DAGS_FOLDER (e.g. ``"test_dags/basic.py"``)."""
+    path = DAGS_FOLDER / relative_path
+    spec = importlib.util.spec_from_file_location(f"dag_under_test_{path.stem}_{dag_id}", path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    found = [value for value in vars(module).values() if getattr(value, "dag_id", None) == dag_id]
+    assert found, f"{dag_id} not defined in {path}"
+    return found[0]
