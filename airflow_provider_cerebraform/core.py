@@ -22,6 +22,7 @@ Retry rules:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -123,6 +124,7 @@ Outcome = HttpResponse | TransportFailure | None
 Conversation = Generator[Step, Outcome, T]
 
 
+@functools.cache
 def user_agent() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
