@@ -41,7 +41,9 @@ from airflow_provider_cerebraform.exceptions import (
     CerebraformResponseError,
     CerebraformServerError,
     CerebraformSubmissionUncertainError,
+    CerebraformSubmissionUnreadableError,
     CerebraformTransportError,
+    CerebraformValidationError,
 )
 from airflow_provider_cerebraform.models import (
     Bucket,
@@ -225,12 +227,18 @@ class CerebraformProtocol:
             reservation = window.reserve(self._wait_left(waited))
             if not reservation.admitted:
                 raise self._paced_out(request, reservation.delay)
-            if reservation.delay > 0:
-                waited += reservation.delay
-                yield Sleep(reservation.delay)
-                if window.is_paused():
-                    continue  # a 429 elsewhere paused this key while we slept: queue again
+            delay = reservation.delay
+            while delay > 0:
+                wait_left = self._wait_left(waited)
+                if wait_left is not None and delay > wait_left:
+                    window.cancel(reservation)
+                    raise self._paced_out(request, delay)
+                waited += delay
+                yield Sleep(delay)
+                # Requests ahead answered late, or a 429 elsewhere paused this key: the slot moves.
+                delay = window.confirm(reservation)
             outcome = yield Send(request)
+            window.settle(reservation)
             if isinstance(outcome, TransportFailure):
                 if (
                     not self._may_retry_failure(request, outcome)
@@ -295,8 +303,13 @@ class CerebraformProtocol:
         if isinstance(request_id, int) and not isinstance(request_id, bool):
             request_id = str(request_id)
         if not isinstance(request_id, str) or not request_id.strip():
-            raise self._malformed(request, "the answer has no request_id", response)
-        return request_id.strip()
+            raise self._unreadable_submission(request, "the answer has no request_id", response)
+        try:
+            return validate_request_id(request_id.strip())
+        except CerebraformValidationError:
+            raise self._unreadable_submission(
+                request, "the answer's request_id is not a usable id", response
+            ) from None
 
     def _parse_status(
         self, request: ApiRequest, kind: GenerationKind, request_id: str, response: HttpResponse
@@ -357,6 +370,14 @@ class CerebraformProtocol:
             f"{problem}. Body starts: {self._redact(response.body[:200].decode('utf-8', 'replace'))!r}",
             http_status=response.status_code,
             endpoint=request.endpoint,
+        )
+
+    def _unreadable_submission(
+        self, request: ApiRequest, problem: str, response: HttpResponse
+    ) -> CerebraformSubmissionUnreadableError:
+        malformed = self._malformed(request, problem, response)
+        return CerebraformSubmissionUnreadableError(
+            f"{malformed.message}. {_UNCERTAIN}", http_status=response.status_code, endpoint=request.endpoint
         )
 
     def _error(

@@ -6,7 +6,10 @@ One :class:`KeyPacer` per (base URL, key) lives in the process and is shared by 
 every trigger in it, sync and async alike; its state is guarded by a plain lock held for
 microseconds, so it never blocks an event loop. Requests reserve a slot in a sliding window the
 way the service counts them (``api-open-questions.md`` #7 and #8): slots are handed out in order,
-so waiting callers are served round-robin.
+so waiting callers are served round-robin. The service counts a request when it arrives, which
+may be any time until its answer, so an answered slot moves to the time of its answer and a
+waiting caller re-checks its slot right before sending (a burst whose first requests arrive late
+would otherwise let the next window's requests arrive too early).
 
 Several processes on one key (HA triggerers, many workers) each take ``rate_share`` of the limit,
 and every process adapts: a 429 halves its rate and pauses the bucket for ``Retry-After``
@@ -16,11 +19,13 @@ per window's worth of successes), so the processes settle under the shared limit
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from airflow_provider_cerebraform.models import (
@@ -40,12 +45,22 @@ _EDGE_MARGIN_FRACTION = 0.01
 _EDGE_MARGIN_MAX = 0.5
 
 
+class _Slot:
+    """One request's place in a window: when it is (or was) sent, later when it was answered."""
+
+    __slots__ = ("at",)
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+
 @dataclass(frozen=True)
 class Reservation:
     """A slot in a window. ``delay`` is how long to wait before sending; 0 means now."""
 
     delay: float
     admitted: bool
+    slot: _Slot | None = field(default=None, repr=False, compare=False)
 
 
 class SlidingWindow:
@@ -66,7 +81,7 @@ class SlidingWindow:
         self.allowed = self.ceiling
         self.paused_until = 0.0
         self._clock = clock
-        self._slots: deque[float] = deque()
+        self._slots: deque[_Slot] = deque()
         self._margin = min(_EDGE_MARGIN_MAX, period * _EDGE_MARGIN_FRACTION)
         self._lock = threading.Lock()
 
@@ -77,19 +92,55 @@ class SlidingWindow:
         """
         with self._lock:
             now = self._clock()
-            while self._slots and self._slots[0] <= now - self.period:
+            while self._slots and self._slots[0].at <= now - self.period:
                 self._slots.popleft()
             allowed = int(self.allowed)
             at = max(now, self.paused_until)
             if self._slots:
-                at = max(at, self._slots[-1])
+                at = max(at, self._slots[-1].at)
             if len(self._slots) >= allowed:
-                at = max(at, self._slots[-allowed] + self.period + self._margin)
+                at = max(at, self._slots[-allowed].at + self.period + self._margin)
             delay = at - now
             if max_delay is not None and delay > max_delay:
                 return Reservation(delay=delay, admitted=False)
-            self._slots.append(at)
-            return Reservation(delay=delay, admitted=True)
+            slot = _Slot(at)
+            self._slots.append(slot)
+            return Reservation(delay=delay, admitted=True, slot=slot)
+
+    def confirm(self, reservation: Reservation) -> float:
+        """
+        Right before sending on a reserved slot: how much longer to wait (0: send now). While the
+        caller slept, requests ahead of it may have been answered later than planned (the service
+        counts a request when it arrives, which can be any time until its answer) or a 429 paused
+        the key; the slot then moves later.
+        """
+        slot = reservation.slot
+        with self._lock:
+            now = self._clock()
+            need = max(now, self.paused_until)
+            try:
+                position = self._slots.index(slot) if slot is not None else -1
+            except ValueError:
+                position = -1
+            allowed = int(self.allowed)
+            if position >= allowed:
+                # Latest time any request at least `allowed` places ahead may have been counted.
+                ahead = max(other.at for other in islice(self._slots, 0, position - allowed + 1))
+                need = max(need, ahead + self.period + self._margin)
+            if slot is not None:
+                slot.at = max(slot.at, need)
+            return need - now
+
+    def settle(self, reservation: Reservation) -> None:
+        """The request was answered (or failed): the service counted it at the latest now."""
+        if reservation.slot is not None:
+            with self._lock:
+                reservation.slot.at = max(reservation.slot.at, self._clock())
+
+    def cancel(self, reservation: Reservation) -> None:
+        """Give a reserved slot back unused."""
+        with self._lock, contextlib.suppress(ValueError):
+            self._slots.remove(reservation.slot)
 
     def on_success(self) -> None:
         with self._lock:
@@ -97,8 +148,13 @@ class SlidingWindow:
 
     def on_rate_limited(self, retry_after: float) -> None:
         with self._lock:
-            self.allowed = max(1.0, self.allowed / 2)
-            self.paused_until = max(self.paused_until, self._clock() + retry_after)
+            now = self._clock()
+            # Halve once per episode: the 429s of requests already in flight when the first one
+            # arrived are the same congestion, not new evidence (compounding them took a key with
+            # a few concurrent 429s down to 1 request per window for hours).
+            if now >= self.paused_until:
+                self.allowed = max(1.0, self.allowed / 2)
+            self.paused_until = max(self.paused_until, now + retry_after)
 
     def is_paused(self) -> bool:
         """True while a 429's pause lasts; a caller that woke up inside it reserves again."""
