@@ -59,3 +59,36 @@ def test_429_halves_the_rate_pauses_and_recovers_additively():
     for _ in range(1000):
         window.on_success()
     assert window.allowed == 20
+
+
+def test_a_late_answer_ahead_moves_the_next_windows_slot():
+    clock = FakeClock()
+    window = SlidingWindow(limit=2, period=10.0, clock=clock)
+    first, second, third = (window.reserve() for _ in range(3))
+    assert first.delay == second.delay == 0.0
+    assert 10.0 < third.delay <= 10.11
+    # The first request is answered 4 s after it was sent: the service may have counted it then.
+    clock.now += 4.0
+    window.settle(first)
+    window.settle(second)
+    clock.now += third.delay - 4.0
+    extra = window.confirm(third)
+    assert 3.9 < extra <= 4.1
+    clock.now += extra
+    assert window.confirm(third) == 0.0
+
+
+def test_a_pause_after_reserving_delays_the_confirmed_slot():
+    clock = FakeClock()
+    window = SlidingWindow(limit=5, period=10.0, clock=clock)
+    reservation = window.reserve()
+    window.on_rate_limited(retry_after=7.0)
+    assert 6.9 < window.confirm(reservation) <= 7.0
+
+
+def test_a_cancelled_slot_is_given_back():
+    clock = FakeClock()
+    window = SlidingWindow(limit=1, period=10.0, clock=clock)
+    taken = window.reserve()
+    window.cancel(taken)
+    assert window.reserve().delay == 0.0
