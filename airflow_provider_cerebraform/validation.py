@@ -18,6 +18,7 @@ MAX_PROMPT_LENGTH = 1000
 VIDEO_DURATIONS = (5, 10)
 DEFAULT_ASPECT_RATIO = "9:16"
 _ASPECT_RATIO = re.compile(r"^([1-9][0-9]{0,4}):([1-9][0-9]{0,4})$")
+_WHITESPACE = re.compile(r"[\s\x00-\x1f\x7f]")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -96,10 +97,11 @@ def validate_image_url(image_url: Any) -> str | None:
     if image_url is None:
         return None
     if isinstance(image_url, str):
-        parts = urlsplit(image_url.strip())
-        if parts.scheme in ("http", "https") and parts.netloc:
-            return image_url.strip()
-    raise _fail("image_url", image_url, "expected an absolute http:// or https:// URL")
+        url = image_url.strip()
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.netloc and not _WHITESPACE.search(url):
+            return url
+    raise _fail("image_url", image_url, "expected an absolute http:// or https:// URL without spaces")
 
 
 def validate_request_id(request_id: Any) -> str:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
+from airflow_provider_cerebraform.core import ApiRequest
 from airflow_provider_cerebraform.exceptions import (
     CerebraformAuthError,
     CerebraformInsufficientCreditsError,
@@ -19,7 +20,7 @@ from airflow_provider_cerebraform.exceptions import (
     CerebraformSubmissionUncertainError,
     CerebraformValidationError,
 )
-from airflow_provider_cerebraform.models import GenerationKind, TaskState, TaskStatus
+from airflow_provider_cerebraform.models import Bucket, GenerationKind, TaskState, TaskStatus
 
 from .conftest import api_counts, balance, emulator_connection
 
@@ -156,10 +157,19 @@ async def test_status_reports_queued_running_done_and_failed(
 
 
 async def test_400_from_the_service_is_a_validation_error(calls: HookCalls, emulator: EmulatorHandle) -> None:
-    # The client's check only asks for an http(s) scheme and a host; the service also refuses
-    # whitespace in the URL, so this request goes out and comes back 400.
+    # The client validates everything it sends, so a real 400 needs a body it would never build:
+    # the same protocol and transport carry a hand-made request with a bad image_url.
+    client = calls.hook.get_conn()
+    protocol = client.protocol
+    request = ApiRequest(
+        "POST", GenerationKind.IMAGE.path, "submit image", Bucket.CREATE, {"prompt": PROMPT, "image_url": "x"}
+    )
+    conversation = protocol._exchange(request, lambda response: protocol._parse_submit(request, response))
     with pytest.raises(CerebraformValidationError) as caught:
-        await calls.submit("image", PROMPT, image_url="https://example.com/a b.png")
+        if calls.transport == "sync":
+            client._run(conversation)
+        else:
+            await (await calls.hook.aget_conn())._run(conversation)
 
     error = caught.value
     assert (error.http_status, error.error) == (400, "invalid_parameter")

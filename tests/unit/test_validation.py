@@ -54,6 +54,7 @@ def test_prompt_of_exactly_1000_characters_is_accepted():
         ({"kind": "image", "prompt": "p", "image_url": "ftp://x/y.png"}, "image_url", "http"),
         ({"kind": "image", "prompt": "p", "image_url": "/local/file.png"}, "image_url", "http"),
         ({"kind": "image", "prompt": "p", "image_url": "https://"}, "image_url", "http"),
+        ({"kind": "image", "prompt": "p", "image_url": "https://example.com/a b.png"}, "image_url", "spaces"),
     ],
 )
 def test_bad_parameter_is_named_with_what_is_allowed(params, named, allowed):
