@@ -9,6 +9,7 @@ protocol's.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, TypeVar
@@ -29,6 +30,8 @@ from airflow_provider_cerebraform.core import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     from airflow_provider_cerebraform.models import (
         ConnectionSettings,
         GenerationKind,
@@ -181,7 +184,7 @@ class CerebraformAsyncClient:
 
     async def _send(self, request: ApiRequest) -> HttpResponse | TransportFailure:
         settings = self.protocol.settings
-        client = shared_async_client(settings.verify_ssl)
+        client = await ashared_async_client(settings.verify_ssl)
         try:
             response = await client.request(
                 request.method,
@@ -206,6 +209,19 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, 
 )
 
 
+_ssl_contexts: dict[bool, ssl.SSLContext] = {}
+_ssl_contexts_lock = threading.Lock()
+
+
+def _ssl_context(verify_ssl: bool) -> ssl.SSLContext:
+    """One TLS context per process: building it reads and parses the CA bundle (tens of ms)."""
+    with _ssl_contexts_lock:
+        context = _ssl_contexts.get(verify_ssl)
+        if context is None:
+            context = _ssl_contexts[verify_ssl] = httpx.create_ssl_context(verify=verify_ssl)
+        return context
+
+
 def shared_async_client(verify_ssl: bool) -> httpx.AsyncClient:
     """The running loop's pooled client; every trigger on that loop shares its connections."""
     loop = asyncio.get_running_loop()
@@ -213,9 +229,17 @@ def shared_async_client(verify_ssl: bool) -> httpx.AsyncClient:
     client = clients.get(verify_ssl)
     if client is None or client.is_closed:
         client = clients[verify_ssl] = httpx.AsyncClient(
-            verify=verify_ssl, limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
+            verify=_ssl_context(verify_ssl),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
     return client
+
+
+async def ashared_async_client(verify_ssl: bool) -> httpx.AsyncClient:
+    """:func:`shared_async_client`, building the process's TLS context in a thread, off the event loop."""
+    if verify_ssl not in _ssl_contexts:
+        await asyncio.to_thread(_ssl_context, verify_ssl)
+    return shared_async_client(verify_ssl)
 
 
 def _never_connected(error: BaseException) -> bool:

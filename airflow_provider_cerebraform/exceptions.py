@@ -75,11 +75,12 @@ class CerebraformServerError(CerebraformError):
     """5xx from the service, after the retries allowed for the request."""
 
 
-class CerebraformSubmissionUncertainError(CerebraformServerError):
+class CerebraformSubmissionUncertainError(CerebraformServerError, AirflowFailException):
     """
     The task-creating POST got a 5xx, a read timeout or a dropped connection: the service may or
     may not have created (and charged for) the task. It is not retried blindly, because a second
-    POST could pay twice; check the account before submitting again.
+    POST could pay twice; check the account before submitting again. For the same reason Airflow
+    does not spend the task's retries on it (a retry would submit again).
     """
 
 
@@ -89,6 +90,14 @@ class CerebraformTransportError(CerebraformError):
 
 class CerebraformResponseError(CerebraformError):
     """The service answered with something the client cannot read (not JSON, missing fields)."""
+
+
+class CerebraformSubmissionUnreadableError(CerebraformResponseError, CerebraformSubmissionUncertainError):
+    """
+    The task-creating POST was answered with success, but without a usable ``request_id``: the task
+    was probably created and charged, yet cannot be followed. Not retried, like any uncertain
+    submission.
+    """
 
 
 class CerebraformTaskFailedError(CerebraformError, AirflowFailException):

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from airflow_provider_cerebraform.models import MediaItem, TaskResult
 
 CHUNK_SIZE = 1024 * 1024
+UPLOAD_BLOCK_SIZE = 8 * 1024 * 1024
 DEFAULT_MAX_BYTES = 4 * 1024**3
 DEFAULT_FILE_NAME = "{request_id}_{index}{ext}"
 EXPIRED_STATUSES = (403, 404, 410)
@@ -92,6 +93,27 @@ def as_storage_path(output: Any) -> ObjectStoragePath:
             )
         text = "file://" + text
     return ObjectStoragePath(text)
+
+
+def validate_destination(output: Any, file_name: Any) -> None:
+    """
+    Check ``output`` and the ``file_name`` pattern without touching storage, so that a bad value fails
+    at parse time (literals) or before anything is requested or paid for (rendered templates).
+    """
+    if output is not None and isinstance(output, str):
+        if not output.strip():
+            as_storage_path(output)  # raises the message that lists what is accepted
+        elif "://" not in output and not output.strip().startswith("/"):
+            raise CerebraformValidationError(
+                f"Invalid output={output!r}: a local path must be absolute (or use a file:// URL)."
+            )
+    elif output is not None:
+        as_storage_path(output)  # an ObjectStoragePath passes; anything else raises
+    if not isinstance(file_name, str):
+        raise CerebraformValidationError(
+            f"Invalid file_name={file_name!r}: expected a pattern such as {DEFAULT_FILE_NAME!r}."
+        )
+    file_name_for(file_name, request_id="request_id", kind="image", index=0, ext=".png")
 
 
 def safe_component(text: str, fallback: str = "media") -> str:
@@ -269,6 +291,15 @@ def _temporary_name(target: ObjectStoragePath) -> ObjectStoragePath:
     return target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
 
 
+def _upload_block_size(max_bytes: int) -> int:
+    """
+    The write buffer of object stores that upload in parts (s3fs keeps two or three of them in
+    memory; its default of 50 MiB put a worker 160 MB over its baseline): small, yet large enough
+    that ``max_bytes`` fits in S3's 10,000 parts.
+    """
+    return max(UPLOAD_BLOCK_SIZE, -(-max_bytes // 9000 // CHUNK_SIZE) * CHUNK_SIZE)
+
+
 def _stream_atomically(
     response: requests.Response, target: ObjectStoragePath, max_bytes: int, declared: str | None
 ) -> tuple[str, int]:
@@ -276,7 +307,7 @@ def _stream_atomically(
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_name(target)
     try:
-        with temporary.open("wb") as sink:
+        with temporary.open("wb", block_size=_upload_block_size(max_bytes)) as sink:
             for chunk in response.iter_content(CHUNK_SIZE):
                 size += len(chunk)
                 if size > max_bytes:

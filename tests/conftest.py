@@ -44,7 +44,9 @@ def _copy_dags() -> None:
     DAGS_FOLDER.mkdir(parents=True, exist_ok=True)
     for source, name in ((REPO / "example_dags", "example_dags"), (REPO / "tests" / "dags", "test_dags")):
         if source.is_dir():
-            shutil.copytree(source, DAGS_FOLDER / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                source, DAGS_FOLDER / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
+            )
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +68,8 @@ def load_dag(relative_path: str, dag_id: str) -> DAG:
     assert spec and spec.loader, path
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    found = [value for value in vars(module).values() if getattr(value, "dag_id", None) == dag_id]
+    from airflow.sdk import DAG
+
+    found = [value for value in vars(module).values() if isinstance(value, DAG) and value.dag_id == dag_id]
     assert found, f"{dag_id} not defined in {path}"
     return found[0]

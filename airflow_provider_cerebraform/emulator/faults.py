@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,36 @@ if TYPE_CHECKING:
 FAULT_GROUPS = ("submit", "status", "result", "credits", "media")
 #: Media-only actions.
 MEDIA_ACTIONS = ("truncate", "reset")
+#: Groups that answer JSON, where a ``malformed`` answer can replace the real one.
+API_GROUPS = ("submit", "status", "result", "credits")
+#: The built-in malformed answers: not JSON, a JSON array, an object without the expected fields,
+#: the expected fields with the wrong types, an empty body, and JSON ``null``.
+MALFORMED_KINDS = ("not_json", "array", "missing_fields", "wrong_types", "empty", "null")
+_WRONG_TYPES = {
+    "submit": {"request_id": ["not", "a", "string"]},
+    "status": {"status": "done", "message": {"nested": True}},
+    "result": {"results": {"url": "http://127.0.0.1/not-a-list.png"}},
+    "credits": {"credits": "plenty"},
+}
+
+
+def malformed_body(kind: str, group: str) -> bytes:
+    """The body of a built-in malformed answer.
+
+    :param kind: one of :data:`MALFORMED_KINDS`.
+    :param group: the endpoint group, which decides the fields of ``wrong_types``.
+    """
+    if kind == "not_json":
+        return b"<html><body>502 Bad Gateway (not JSON)</body></html>"
+    if kind == "array":
+        return json.dumps([{"request_id": "0123456789abcdef", "status": 2, "credits": 1}]).encode()
+    if kind == "missing_fields":
+        return json.dumps({"unexpected": "field", "code": 200}).encode()
+    if kind == "wrong_types":
+        return json.dumps(_WRONG_TYPES.get(group, {"unexpected": True})).encode()
+    if kind == "empty":
+        return b""
+    return b"null"
 
 
 @dataclass
@@ -31,10 +62,16 @@ class FaultRule:
     :param fail_next: the next N matching requests get ``status``.
     :param after_commit: submit only: create and charge the task first, then answer the error or drop.
     :param latency: real seconds slept before answering.
+    :param latency_next: if set, ``latency`` delays only the next N matching requests (``None``: all).
     :param drop_next: the next N matching requests get the connection closed without a response.
     :param drop_rate: probability of such a drop.
     :param truncate_next: media only: send the headers with the full Content-Length, half the body, close.
     :param reset_next: media only: send half the body, then reset the connection (TCP RST).
+    :param malformed_next: API groups only (not media): the next N matching requests get a success
+        status (201 for submit, else 200) with a malformed body instead of the real answer.
+    :param malformed: which malformed body: one of :data:`MALFORMED_KINDS` (default ``not_json``).
+    :param body: the exact body of a malformed answer, instead of a built-in one (e.g. an answer that
+        is well-formed but hostile).
     :param retry_after: ``Retry-After`` header (seconds) on injected errors; ``None`` sends none.
     :param message: ``msg`` of injected errors.
     """
@@ -45,10 +82,14 @@ class FaultRule:
     fail_next: int = 0
     after_commit: bool = False
     latency: float = 0.0
+    latency_next: int | None = None
     drop_next: int = 0
     drop_rate: float = 0.0
     truncate_next: int = 0
     reset_next: int = 0
+    malformed_next: int = 0
+    malformed: str = "not_json"
+    body: str | None = None
     retry_after: int | None = None
     message: str | None = None
     groups: tuple[str, ...] = field(init=False, repr=False)
@@ -74,10 +115,16 @@ class FaultRule:
                 raise ConfigError(f"{name} must be a number between 0 and 1")
         if not _is_number(self.latency) or not 0.0 <= self.latency <= 600.0:
             raise ConfigError("latency must be a number of seconds between 0 and 600")
-        for name in ("fail_next", "drop_next", "truncate_next", "reset_next"):
+        for name in ("fail_next", "drop_next", "truncate_next", "reset_next", "malformed_next"):
             value = getattr(self, name)
             if _not_int(value) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer")
+        if self.latency_next is not None and (_not_int(self.latency_next) or self.latency_next < 0):
+            raise ConfigError("latency_next must be a non-negative integer or null")
+        if self.malformed not in MALFORMED_KINDS:
+            raise ConfigError(f"malformed must be one of {', '.join(MALFORMED_KINDS)}")
+        if self.body is not None and not isinstance(self.body, str):
+            raise ConfigError("body must be a string or null")
         if not isinstance(self.after_commit, bool):
             raise ConfigError("after_commit must be a boolean")
         if self.retry_after is not None and (_not_int(self.retry_after) or self.retry_after < 0):
@@ -117,11 +164,12 @@ class FaultDecision:
     """What the server does to one request.
 
     :param latency: seconds to sleep first.
-    :param action: ``None``, ``"error"``, ``"drop"``, ``"truncate"`` or ``"reset"``.
+    :param action: ``None``, ``"error"``, ``"drop"``, ``"malformed"``, ``"truncate"`` or ``"reset"``.
     :param status: status of an ``"error"``.
     :param after_commit: submit: commit the task before the error or drop.
     :param retry_after: ``Retry-After`` of an error.
     :param message: ``msg`` of an error.
+    :param body: the body of a ``"malformed"`` answer.
     """
 
     latency: float = 0.0
@@ -130,6 +178,7 @@ class FaultDecision:
     after_commit: bool = False
     retry_after: int | None = None
     message: str | None = None
+    body: bytes = b""
 
 
 def parse_faults(data: Any) -> list[FaultRule]:
@@ -159,7 +208,11 @@ def decide(rules: list[FaultRule], group: str, rng: random.Random) -> FaultDecis
     for rule in rules:
         if group not in rule.groups:
             continue
-        decision.latency += rule.latency
+        if rule.latency_next is None:
+            decision.latency += rule.latency
+        elif rule.latency_next > 0:
+            rule.latency_next -= 1
+            decision.latency += rule.latency
         if decision.action is not None:
             continue
         action = _fire(rule, group, rng)
@@ -169,6 +222,12 @@ def decide(rules: list[FaultRule], group: str, rng: random.Random) -> FaultDecis
             decision.after_commit = rule.after_commit and group == "submit"
             decision.retry_after = rule.retry_after
             decision.message = rule.message
+            if action == "malformed":
+                decision.body = (
+                    rule.body.encode("utf-8")
+                    if rule.body is not None
+                    else malformed_body(rule.malformed, group)
+                )
     return decision
 
 
@@ -179,6 +238,9 @@ def _fire(rule: FaultRule, group: str, rng: random.Random) -> str | None:
     if rule.fail_next > 0:
         rule.fail_next -= 1
         return "error"
+    if group in API_GROUPS and rule.malformed_next > 0:
+        rule.malformed_next -= 1
+        return "malformed"
     if group == "media":
         if rule.truncate_next > 0:
             rule.truncate_next -= 1

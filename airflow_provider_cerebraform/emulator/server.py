@@ -47,6 +47,10 @@ class _Dropped(Exception):
     """The request was answered by closing the connection."""
 
 
+class _Answered(Exception):
+    """The request was already answered (by an injected malformed body)."""
+
+
 def is_loopback(host: str) -> bool:
     """Return whether a bind address only accepts local connections.
 
@@ -263,7 +267,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             handler(body)
         except ApiError as exc:
             self._send_api_error(exc)
-        except _Dropped:
+        except (_Dropped, _Answered):
             pass
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
@@ -326,9 +330,12 @@ class RequestHandler(BaseHTTPRequestHandler):
             time.sleep(decision.latency)
         return decision
 
-    def _apply_fault(self, decision: FaultDecision) -> None:
+    def _apply_fault(self, decision: FaultDecision, success: int = 200) -> None:
         if decision.action == "drop":
             self._drop()
+        if decision.action == "malformed":
+            self._send_bytes(success, decision.body, "application/json")
+            raise _Answered
         if decision.action == "error":
             headers = {} if decision.retry_after is None else {"Retry-After": str(decision.retry_after)}
             msg = decision.message or f"Injected fault: HTTP {decision.status} (emulated server trouble)."
@@ -337,7 +344,7 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _submit(self, kind: str, raw: bytes) -> None:
         fault = self._fault("submit")
         if not fault.after_commit:
-            self._apply_fault(fault)
+            self._apply_fault(fault, 201)
         state = self.state
         account = state.authenticate(self.headers.get("Authorization"))
         state.admit(account, "submit")
@@ -353,7 +360,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             assert submission.duration is not None
             self.emulator.video_cache.prepare_async(width, height, submission.duration, config.video_fps)
         if fault.after_commit:
-            self._apply_fault(fault)
+            self._apply_fault(fault, 201)
         self._send_json(201, {"request_id": task.request_id})
 
     def _task(self, group: str, kind: str, request_id: str) -> Task:

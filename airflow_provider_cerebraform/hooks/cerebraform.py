@@ -125,12 +125,13 @@ class CerebraformHook(BaseHook):
     def __repr__(self) -> str:
         return f"CerebraformHook(cerebraform_conn_id={self.cerebraform_conn_id!r})"
 
-    def _settings(self, conn: Connection) -> ConnectionSettings:
+    def _settings(self, conn: Connection, *, mask: bool = True) -> ConnectionSettings:
         settings = settings_from_connection(conn)
         if settings.api_key:
-            from airflow.sdk.log import mask_secret
+            if mask:
+                from airflow.sdk.log import mask_secret
 
-            mask_secret(settings.api_key)
+                mask_secret(settings.api_key)
         else:
             self.log.warning(
                 "Connection %r has no API key: requests run on the anonymous quota "
@@ -151,7 +152,12 @@ class CerebraformHook(BaseHook):
     async def aget_conn(self) -> CerebraformAsyncClient:
         """The non-blocking client; the connection is looked up without blocking the loop."""
         if self._async_client is None:
-            settings = self._settings(await self.aget_connection(self.cerebraform_conn_id))
+            settings = self._settings(await self.aget_connection(self.cerebraform_conn_id), mask=False)
+            if settings.api_key:
+                # The async form: in the triggerer, mask_secret() is a blocking call to the supervisor.
+                from airflow.sdk.log import amask_secret
+
+                await amask_secret(settings.api_key)
             self._async_client = CerebraformAsyncClient(settings)
         return self._async_client
 

@@ -24,11 +24,13 @@ from airflow_provider_cerebraform.media import (
     MediaDownloader,
     as_storage_path,
     manifest_for_xcom,
+    validate_destination,
 )
 from airflow_provider_cerebraform.models import TaskStatus
 from airflow_provider_cerebraform.triggers.cerebraform import CerebraformTaskTrigger, raise_for_event
 from airflow_provider_cerebraform.validation import (
     build_submission,
+    is_rendered_later,
     validate_kind,
     validate_literals,
     validate_request_id,
@@ -67,6 +69,8 @@ class CerebraformSubmitOperator(BaseOperator):
     :param duration: video only, 5 or 10 seconds (templated).
     :param min_credits: if set, check the balance first and fail before spending when it is lower.
     :param max_rate_limit_wait: seconds this task may spend deferred on rate limits before failing.
+    :param max_in_process_wait: seconds one submission may hold the worker waiting for the rate limit
+        (client pacing and ``Retry-After``); a longer wait defers instead.
     :param cerebraform_conn_id: the Cerebraform connection.
     """
 
@@ -90,6 +94,7 @@ class CerebraformSubmitOperator(BaseOperator):
         duration: int | None = None,
         min_credits: int | None = None,
         max_rate_limit_wait: float = 24 * 3600.0,
+        max_in_process_wait: float = 60.0,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -104,11 +109,12 @@ class CerebraformSubmitOperator(BaseOperator):
         self.duration = duration
         self.min_credits = min_credits
         self.max_rate_limit_wait = max_rate_limit_wait
+        self.max_in_process_wait = max_in_process_wait
         self.cerebraform_conn_id = cerebraform_conn_id
 
     @property
     def hook(self) -> CerebraformHook:
-        return CerebraformHook(self.cerebraform_conn_id)
+        return CerebraformHook(self.cerebraform_conn_id, max_rate_limit_wait=self.max_in_process_wait)
 
     def execute(self, context: Context) -> Any:
         return self._continue_after_submit(context, self._submit(context))
@@ -181,16 +187,18 @@ class CerebraformSubmitOperator(BaseOperator):
                 store.set(RATE_LIMITED_SINCE_KEY, since)
         # Jitter spreads mapped tasks refused together, so they do not all return in the same second.
         wait = error.retry_after + random.uniform(0.0, max(1.0, error.retry_after * 0.25))
+        reason = error.message.rstrip(". ")
         if now + wait - since > self.max_rate_limit_wait:
+            if store is not None:
+                store.delete(RATE_LIMITED_SINCE_KEY)  # a retry of the task gets a budget of its own
             raise CerebraformRateLimitError(
-                f"{error.message}; waiting would pass max_rate_limit_wait={self.max_rate_limit_wait:.0f} s.",
+                f"{reason}; waiting would pass max_rate_limit_wait={self.max_rate_limit_wait:g} s "
+                f"(rate-limited for {now - since:.0f} s so far).",
                 retry_after=error.retry_after,
                 http_status=error.http_status,
                 endpoint=error.endpoint,
             ) from error
-        self.log.warning(
-            "%s. Deferring %.0f s without a worker slot, then submitting again.", error.message, wait
-        )
+        self.log.warning("%s. Deferring %.0f s without a worker slot, then submitting again.", reason, wait)
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         self.defer(
@@ -203,16 +211,24 @@ class _ResultDelivery:
     """What the result and the all-in-one operator share: fetch the result and store its media."""
 
     cerebraform_conn_id: str
-    output: Any
+    output_location: Any
     file_name: str
     max_bytes: int
     log: Any
     outlets: Any
 
+    def _check_destination(self, *, literal_only: bool = False) -> None:
+        """Refuse a bad ``output`` or ``file_name`` before any request (at parse time: literals only)."""
+        output, file_name = self.output_location, self.file_name
+        if literal_only:
+            output = None if is_rendered_later(output) else output
+            file_name = DEFAULT_FILE_NAME if is_rendered_later(file_name) else file_name
+        validate_destination(output, file_name)
+
     def _deliver(self, context: Context, kind: str, request_id: str) -> Any:
         hook = CerebraformHook(self.cerebraform_conn_id)
         result = hook.get_result(kind, request_id)
-        if self.output is None:
+        if self.output_location is None:
             self.log.info("Task %s produced %d media file(s)", request_id, len(result.items))
             return result.urls
         settings = hook.get_conn().protocol.settings
@@ -225,7 +241,7 @@ class _ResultDelivery:
             retry_backoff=settings.retry_backoff,
             log=self.log,
         )
-        entries = downloader.store_all(result, as_storage_path(self.output), self.file_name)
+        entries = downloader.store_all(result, as_storage_path(self.output_location), self.file_name)
         manifest = manifest_for_xcom(entries)
         for outlet in self.outlets or []:
             if type(outlet).__name__ == "Asset":
@@ -253,7 +269,7 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
     :param cerebraform_conn_id: the Cerebraform connection.
     """
 
-    template_fields: Sequence[str] = ("request_id", "kind", "output", "file_name")
+    template_fields: Sequence[str] = ("request_id", "kind", "output_location", "file_name")
     ui_color = "#c8e6ff"
 
     def __init__(
@@ -271,12 +287,15 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
         validate_literals(request_id=request_id, kind=kind)
         self.request_id = request_id
         self.kind = kind
-        self.output = output
+        # Not ``self.output``: BaseOperator.output is the task's XComArg (a read-only property).
+        self.output_location = output
         self.file_name = file_name
         self.max_bytes = max_bytes
         self.cerebraform_conn_id = cerebraform_conn_id
+        self._check_destination(literal_only=True)
 
     def execute(self, context: Context) -> Any:
+        self._check_destination()
         return self._deliver(context, validate_kind(self.kind).value, validate_request_id(self.request_id))
 
 
@@ -293,7 +312,11 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
     :param wait_timeout: seconds to wait for the generation before failing; None waits for ever.
     """
 
-    template_fields: Sequence[str] = (*CerebraformSubmitOperator.template_fields, "output", "file_name")
+    template_fields: Sequence[str] = (
+        *CerebraformSubmitOperator.template_fields,
+        "output_location",
+        "file_name",
+    )
     ui_color = "#e0d0ff"
 
     def __init__(
@@ -307,11 +330,17 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.output = output
+        # Not ``self.output``: BaseOperator.output is the task's XComArg (a read-only property).
+        self.output_location = output
         self.file_name = file_name
         self.max_bytes = max_bytes
         self.poll_interval = poll_interval
         self.wait_timeout = wait_timeout
+        self._check_destination(literal_only=True)
+
+    def execute(self, context: Context) -> Any:
+        self._check_destination()  # before paying for a generation that could not be stored
+        return super().execute(context)
 
     def _continue_after_submit(self, context: Context, request_id: str) -> Any:
         kind = validate_kind(self.kind).value

@@ -74,10 +74,15 @@ class CerebraformTaskSensor(BaseSensorOperator):
         kind, request_id = validate_kind(self.kind).value, validate_request_id(self.request_id)
         if not self.deferrable:
             return super().execute(context)
-        state = CerebraformHook(self.cerebraform_conn_id).get_status(kind, request_id)
-        if state.status.is_terminal:
-            return self._finish(state)
-        self.log.info("Cerebraform %s; deferring the wait to the triggerer", state.describe())
+        try:
+            state = CerebraformHook(self.cerebraform_conn_id).get_status(kind, request_id)
+        except TRANSIENT_ERRORS as error:
+            # The trigger tolerates the same errors; one failed first look must not end the wait.
+            self.log.warning("Polling failed (%s); deferring the wait to the triggerer", error.message)
+        else:
+            if state.status.is_terminal:
+                return self._finish(state)
+            self.log.info("Cerebraform %s; deferring the wait to the triggerer", state.describe())
         timeout = float(self.timeout) if self.timeout is not None else None
         self.defer(
             trigger=CerebraformTaskTrigger(

@@ -155,4 +155,16 @@ def raise_for_event(event: dict[str, Any] | None, *, on_timeout: type[Exception]
         )
     if status == "timeout":
         raise on_timeout(f"{what}: {message}")
-    raise CerebraformError(f"{what}: waiting failed ({event.get('error_type')}): {message}")
+    # The trigger ran in another process: rebuild the error's own type from its name, so that a
+    # malformed answer stays a CerebraformResponseError (and so on) for the task's failure.
+    error_class = _error_class(event.get("error_type"))
+    raise error_class(f"{what}: waiting failed ({event.get('error_type')}): {message}")
+
+
+def _error_class(name: Any) -> type[CerebraformError]:
+    from airflow_provider_cerebraform import exceptions
+
+    found = getattr(exceptions, name, None) if isinstance(name, str) else None
+    if isinstance(found, type) and issubclass(found, CerebraformError):
+        return found
+    return CerebraformError

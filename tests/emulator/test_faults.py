@@ -167,3 +167,99 @@ def test_faults_are_validated_and_cleared_by_reset(emu: CerebraformEmulator) -> 
     assert emu.admin.faults() == []
     emu.admin.set_faults({"endpoint": "submit", "fail_next": 3})
     assert emu.admin.clear_faults() == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("not_json", None),
+        ("array", list),
+        ("missing_fields", dict),
+        ("wrong_types", dict),
+        ("empty", None),
+        ("null", type(None)),
+    ],
+)
+def test_malformed_next_answers_success_with_a_broken_body(
+    api: Api, emu: CerebraformEmulator, kind: str, expected: type | None
+) -> None:
+    request_id = api.submit_id()
+    emu.admin.set_faults(
+        {"endpoint": ["status", "result", "credits", "media"], "malformed_next": 3, "malformed": kind}
+    )
+    answers = [
+        api.status("image", request_id),
+        api.result("image", request_id),
+        api.get("/ai/v1/user/credits"),
+    ]
+    for response, field in zip(answers, ("status", "results", "credits"), strict=True):
+        assert response.status_code == 200 and response.headers["Content-Type"] == "application/json"
+        if expected is None:
+            with pytest.raises(ValueError):
+                response.json()
+        else:
+            body = response.json()
+            assert isinstance(body, expected)
+            if kind == "missing_fields":
+                assert field not in body
+            if kind == "wrong_types":
+                assert field in body and not isinstance(body[field], int if field != "results" else list)
+    assert emu.admin.faults()[0]["malformed_next"] == 0
+    assert emu.admin.stats()["faults_injected"] == {
+        "status:malformed": 1,
+        "result:malformed": 1,
+        "credits:malformed": 1,
+    }
+    assert api.status("image", request_id).json()["status"] in (0, 1, 2)  # used up: real answers again
+
+
+def test_malformed_never_touches_media(api: Api, emu: CerebraformEmulator) -> None:
+    request_id = api.submit_id()
+    url = api.result("image", request_id).json()["results"][0]["url"]
+    emu.admin.set_faults({"endpoint": "media", "malformed_next": 1})
+    media = requests.get(url, timeout=5)
+    assert media.status_code == 200 and media.content.startswith(b"\x89PNG")
+    assert emu.admin.faults()[0]["malformed_next"] == 1
+
+
+@pytest.mark.parametrize("after_commit", [False, True])
+def test_malformed_submit_custom_body_before_or_after_commit(
+    api: Api, emu: CerebraformEmulator, after_commit: bool
+) -> None:
+    emu.admin.set_faults(
+        {
+            "endpoint": "submit",
+            "malformed_next": 1,
+            "body": '{"request_id": "../../x"}',
+            "after_commit": after_commit,
+        }
+    )
+    response = api.submit()
+    assert response.status_code == 201 and response.json() == {"request_id": "../../x"}
+    assert len(emu.state.tasks) == (1 if after_commit else 0)
+    assert credits(emu) == (999 if after_commit else 1000)
+
+
+def test_latency_next_delays_only_the_next_requests(api: Api, emu: CerebraformEmulator) -> None:
+    emu.admin.set_faults({"endpoint": "credits", "latency": 0.3, "latency_next": 2})
+    for _ in range(2):
+        started = time.monotonic()
+        assert api.get("/ai/v1/user/credits").status_code == 200
+        assert time.monotonic() - started >= 0.3
+    assert emu.admin.faults()[0]["latency_next"] == 0
+    started = time.monotonic()
+    assert api.get("/ai/v1/user/credits").status_code == 200
+    assert time.monotonic() - started < 0.25
+
+
+def test_new_fault_options_are_validated(emu: CerebraformEmulator) -> None:
+    for bad in (
+        {"endpoint": "status", "malformed_next": -1},
+        {"endpoint": "status", "malformed_next": 1, "malformed": "garbage"},
+        {"endpoint": "status", "malformed_next": 1, "body": 5},
+        {"endpoint": "status", "latency": 1, "latency_next": -2},
+        {"endpoint": "status", "latency": 1, "latency_next": True},
+    ):
+        with pytest.raises(EmulatorAdminError) as raised:
+            emu.admin.set_faults(bad)
+        assert raised.value.status == 400

@@ -1,0 +1,352 @@
+"""
+CerebraformTaskTrigger against the emulator over real HTTP: it survives the trip through the metadata
+database, fires exactly one event per outcome, shares one polling budget between many triggers of a
+key on one event loop without a single 429, and never blocks that loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import logging
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pytest
+import requests
+
+from airflow_provider_cerebraform.emulator import FaultRule
+from airflow_provider_cerebraform.pacing import reset_pacers
+from airflow_provider_cerebraform.triggers.cerebraform import CerebraformTaskTrigger
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine, Iterator
+
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
+
+FAIL_MESSAGE = "the renderer ran out of GPUs (trigger test)"
+FREE_KEY = "cf-free-key-shared-budget"
+SHARED_TRIGGERS = 64
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pacers() -> Iterator[None]:
+    reset_pacers()
+    yield
+    reset_pacers()
+
+
+def submit(emulator: EmulatorHandle, prompt: str, *, key: str | None = None, kind: str = "image") -> str:
+    """Create a job straight over HTTP (not through the client: these tests are about polling)."""
+    session = requests.Session()
+    session.trust_env = False
+    response = session.post(
+        f"{emulator.url}/ai/v1/to-{kind}",
+        json={"prompt": prompt},
+        headers={"Authorization": f"Bearer {key or emulator.api_key}"},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["request_id"]
+
+
+def run_to_exhaustion(trigger: CerebraformTaskTrigger) -> list[TriggerEvent]:
+    async def drain() -> list[TriggerEvent]:
+        return [event async for event in trigger.run()]
+
+    return asyncio.run(drain())
+
+
+def through_the_database(trigger: CerebraformTaskTrigger) -> CerebraformTaskTrigger:
+    """What the triggerer does: store classpath and kwargs in the metadata DB, import, rebuild."""
+    from airflow._shared.module_loading import import_string
+    from airflow.models.trigger import Trigger
+
+    classpath, kwargs = trigger.serialize()
+    stored = Trigger(classpath=classpath, kwargs=kwargs)
+    return import_string(stored.classpath)(**stored.kwargs)
+
+
+def test_serialize_round_trip_gives_an_equal_trigger_without_the_key(
+    cerebraform_emulator: EmulatorHandle,
+) -> None:
+    from airflow._shared.module_loading import import_string
+
+    trigger = CerebraformTaskTrigger(
+        request_id="abc123",
+        kind="video",
+        cerebraform_conn_id="cerebraform_default",
+        poll_interval=2.5,
+        deadline=1_900_000_000.25,
+        max_consecutive_errors=7,
+    )
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_cerebraform.triggers.cerebraform.CerebraformTaskTrigger"
+    rebuilt = import_string(classpath)(**kwargs)
+    assert isinstance(rebuilt, CerebraformTaskTrigger)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    stored = through_the_database(trigger)
+    assert stored.serialize() == (classpath, kwargs)
+    assert vars(stored).keys() >= set(kwargs)
+    assert {name: getattr(stored, name) for name in kwargs} == kwargs
+    # Plain data only, and no secret: the connection id goes to the database, never the key.
+    text = json.dumps(kwargs)
+    assert cerebraform_emulator.api_key not in text
+    assert not {"api_key", "password", "key", "token", "headers"} & set(kwargs)
+
+
+def test_done_fires_one_event(cerebraform_emulator: EmulatorHandle) -> None:
+    request_id = submit(cerebraform_emulator, "a teapot")
+    events = run_to_exhaustion(
+        through_the_database(CerebraformTaskTrigger(request_id, "image", poll_interval=0.05))
+    )
+    assert [event.payload for event in events] == [
+        {
+            "status": "done",
+            "request_id": request_id,
+            "kind": "image",
+            "message": "Task completed.",
+            "task_status": 2,
+        }
+    ]
+
+
+def test_failed_fires_one_event_with_the_api_message(cerebraform_emulator: EmulatorHandle) -> None:
+    request_id = submit(cerebraform_emulator, f"a teapot #cf-fail:{FAIL_MESSAGE}", kind="video")
+    events = run_to_exhaustion(CerebraformTaskTrigger(request_id, "video", poll_interval=0.05))
+    assert len(events) == 1
+    assert events[0].payload["status"] == "failed"
+    assert events[0].payload["message"] == FAIL_MESSAGE
+    assert events[0].payload["task_status"] == -1
+
+
+@pytest.mark.parametrize("seconds_left", [-5.0, 0.3])
+def test_a_past_or_near_deadline_fires_one_timeout_event(
+    cerebraform_emulator: EmulatorHandle, seconds_left: float
+) -> None:
+    cerebraform_emulator.admin.configure(image_seconds=3600 * cerebraform_emulator.time_scale)
+    request_id = submit(cerebraform_emulator, "a very slow teapot")
+    trigger = CerebraformTaskTrigger(
+        request_id, "image", poll_interval=0.05, deadline=time.time() + seconds_left
+    )
+    started = time.monotonic()
+    events = run_to_exhaustion(trigger)
+    assert time.monotonic() - started < max(0.0, seconds_left) + 5
+    assert len(events) == 1
+    assert events[0].payload["status"] == "timeout"
+    assert "not done by the deadline" in events[0].payload["message"]
+    if seconds_left > 0:
+        assert cerebraform_emulator.admin.task(request_id)["polls"] >= 1  # it did wait until the deadline
+
+
+def test_unknown_request_id_is_not_transient_and_fires_one_error_event(
+    cerebraform_emulator: EmulatorHandle,
+) -> None:
+    events = run_to_exhaustion(CerebraformTaskTrigger("no-such-task-42", "image", poll_interval=0.05))
+    assert len(events) == 1
+    payload = events[0].payload
+    assert payload["status"] == "error"
+    assert payload["error_type"] == "CerebraformNotFoundError"
+    assert "HTTP 404" in payload["message"]
+    # Not retried: one request, one 404.
+    assert cerebraform_emulator.admin.stats()["requests"]["status"] == 1
+
+
+class _SlowCallbacks(logging.Handler):
+    """Collects asyncio debug mode's "Executing <...> took N seconds" warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Executing"):
+            self.messages.append(message)
+
+
+class _BlockingCalls:
+    """
+    Audit hook that records network calls that block a thread, made on the watched (event loop)
+    thread: a connect on a blocking socket (what ``requests`` does) and name resolution (asyncio and
+    anyio resolve in a worker thread). Timing-free, so it holds on a busy machine too. (``time.sleep``
+    has no audit event before Python 3.12: the slow-callback warnings catch it.)
+    """
+
+    thread: int | None = None
+    calls: ClassVar[list[str]] = []
+    installed = False
+
+    @classmethod
+    def audit(cls, event: str, args: tuple[Any, ...]) -> None:
+        if cls.thread is None or threading.get_ident() != cls.thread:
+            return
+        if event == "socket.connect" and args[0].gettimeout() != 0.0:
+            cls.calls.append(f"blocking socket.connect{args[1:]}")
+        elif event == "socket.getaddrinfo":
+            cls.calls.append(f"socket.getaddrinfo{args[:2]}")
+
+    @classmethod
+    @contextlib.contextmanager
+    def watch(cls) -> Iterator[list[str]]:
+        if not cls.installed:
+            sys.addaudithook(cls.audit)  # cannot be removed; idle unless a thread is watched
+            cls.installed = True
+        cls.calls = []
+        cls.thread = threading.get_ident()
+        try:
+            yield cls.calls
+        finally:
+            cls.thread = None
+
+
+@dataclass
+class LoopRun:
+    events: list[list[TriggerEvent]]
+    seconds: float
+    slow_callbacks: list[str]
+    worst_lag: float
+    blocking_calls: list[str]
+
+
+def run_on_one_debug_loop(
+    coroutines: list[Coroutine[Any, Any, Any]], *, slow: float = 0.1, tick: float = 0.01
+) -> LoopRun:
+    """
+    Run the coroutines as tasks of ONE event loop in asyncio debug mode, as the triggerer runs its
+    triggers, with a ticker measuring how late the loop wakes up and the blocking-call audit on.
+    """
+    # A triggerer process has imported the task SDK's supervisor long before it runs a trigger; the first
+    # connection lookup of a bare test process would import it on the loop (about 50 ms of compiling).
+    import airflow.sdk.execution_time.supervisor  # noqa: F401
+
+    handler = _SlowCallbacks()
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addHandler(handler)
+    level = asyncio_log.level
+    asyncio_log.setLevel(logging.WARNING)
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = slow
+
+    async def main() -> tuple[list[Any], float]:
+        worst = 0.0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal worst
+            while not done.is_set():
+                before = loop.time()
+                await asyncio.sleep(tick)
+                worst = max(worst, loop.time() - before - tick)
+
+        ticking = asyncio.create_task(ticker())
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*coroutines), timeout=120)
+        finally:
+            done.set()
+            await ticking
+        return results, worst
+
+    # The test process holds ~200k objects (Airflow, pytest); a full garbage collection of them takes
+    # 0.1-0.4 s and would show up as a "slow callback" of whichever trigger allocated last. Freeze them
+    # so that what is measured is the triggers' own code.
+    gc.collect()
+    gc.freeze()
+    started = time.monotonic()
+    try:
+        with _BlockingCalls.watch() as blocking:
+            results, worst = loop.run_until_complete(main())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+    finally:
+        gc.unfreeze()
+        loop.close()
+        asyncio_log.removeHandler(handler)
+        asyncio_log.setLevel(level)
+    return LoopRun(results, time.monotonic() - started, handler.messages, worst, list(blocking))
+
+
+async def drain(trigger: CerebraformTaskTrigger) -> list[TriggerEvent]:
+    return [event async for event in trigger.run()]
+
+
+def test_the_loop_watch_catches_a_blocking_call(cerebraform_emulator: EmulatorHandle) -> None:
+    async def blocking() -> None:
+        time.sleep(0.15)
+        session = requests.Session()
+        session.trust_env = False
+        session.get(f"{cerebraform_emulator.url}/_emulator/health", timeout=5)
+
+    run = run_on_one_debug_loop([blocking()])
+    assert any(call.startswith("blocking socket.connect") for call in run.blocking_calls)
+    assert any(call.startswith("socket.getaddrinfo") for call in run.blocking_calls)
+    assert len(run.slow_callbacks) == 1 and run.worst_lag >= 0.1
+
+
+def test_many_triggers_share_one_free_budget_on_one_loop_without_a_429(
+    cerebraform_emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = cerebraform_emulator.admin
+    # Only polling is under test: let the free key create its jobs at once; each job lasts 1 s real.
+    admin.configure(free_tasks_per_hour=100_000, image_seconds=cerebraform_emulator.time_scale * 1.0)
+    admin.add_key(FREE_KEY, tier="free", credits=1000)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CEREBRAFORM_FREE",
+        json.dumps(
+            {
+                "conn_type": "cerebraform",
+                "host": cerebraform_emulator.url,
+                "password": FREE_KEY,
+                "extra": {"tier": "free", "time_scale": cerebraform_emulator.time_scale},
+            }
+        ),
+    )
+    request_ids = [
+        submit(cerebraform_emulator, f"shared budget {n}", key=FREE_KEY) for n in range(SHARED_TRIGGERS)
+    ]
+    triggers = [
+        CerebraformTaskTrigger(rid, "image", cerebraform_conn_id="cerebraform_free", poll_interval=0.1)
+        for rid in request_ids
+    ]
+    run = run_on_one_debug_loop([drain(trigger) for trigger in triggers])
+
+    assert [len(events) for events in run.events] == [1] * SHARED_TRIGGERS
+    assert {events[0].payload["status"] for events in run.events} == {"done"}
+    assert [events[0].payload["request_id"] for events in run.events] == request_ids
+    stats = admin.stats()
+    assert stats["rate_limited"].get("poll", 0) == 0, stats["rate_limited"]
+    assert stats["responses"].get("429", 0) == 0
+    polls = [task["polls"] for task in stats["tasks"]]
+    # The free tier allows 20 polls a minute; at this time scale a "minute" lasts 60/time_scale s.
+    window = 60 / cerebraform_emulator.time_scale
+    ceiling = 20 * (run.seconds / window + 1)
+    assert sum(polls) <= ceiling
+    assert run.blocking_calls == []
+    assert run.slow_callbacks == []
+    # Not a per-call measure: the lag adds up every trigger step of one loop iteration (a window's 20
+    # polls are released together), so it is only reported here.
+    print(
+        f"\n{SHARED_TRIGGERS} triggers on one free key: {run.seconds:.1f} s, polls per trigger "
+        f"min {min(polls)} mean {statistics.mean(polls):.2f} max {max(polls)} (total {sum(polls)}, "
+        f"budget ceiling {ceiling:.0f}), 429s 0, worst loop lag {run.worst_lag * 1000:.1f} ms"
+    )
+
+
+def test_slow_answers_do_not_block_the_loop(cerebraform_emulator: EmulatorHandle) -> None:
+    # Every status answer takes 0.3 s: one blocking call in a trigger would stall the loop that long.
+    cerebraform_emulator.admin.set_faults(FaultRule(endpoint="status", latency=0.3))
+    request_ids = [submit(cerebraform_emulator, f"slow answers {n}") for n in range(10)]
+    triggers = [CerebraformTaskTrigger(rid, "image", poll_interval=0.05) for rid in request_ids]
+    run = run_on_one_debug_loop([drain(trigger) for trigger in triggers])
+    assert [events[0].payload["status"] for events in run.events] == ["done"] * 10
+    assert run.blocking_calls == []
+    assert run.slow_callbacks == []
+    assert run.worst_lag < 0.3, run.worst_lag  # one poll that blocked would stall the loop >= 0.3 s
