@@ -1,0 +1,285 @@
+"""
+The provider in a real Airflow 3.3 on loopback: api-server, scheduler (LocalExecutor), dag-processor
+and triggerer as separate processes with their own sqlite home, and the emulator beside them.
+
+- The example DAG ``example_cerebraform_scheduled`` runs end to end; its waits really defer to the
+  triggerer and real PNG and MP4 files land under the ``cerebraform_output`` Variable.
+- The triggerer is stopped (SIGTERM) while tasks are deferred and a new one started: every wait
+  resumes in the new triggerer and nothing is submitted twice.
+- A worker killed (SIGKILL) right after a submission: the retry reconnects to the same request
+  through the task state store, and the emulator counts one submission.
+- At the end, no log file of any process (nor the metadata database) contains the API key.
+
+One stack serves the module (about half a minute to start here); each test resets the emulator.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from PIL import Image
+
+from airflow_provider_cerebraform.emulator import key_label
+
+from .harness import (
+    AirflowStack,
+    assert_secret_not_in_files,
+    find_secret_in_files,
+    new_api_key,
+    wait_until,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from airflow_provider_cerebraform.emulator import EmulatorAdmin
+
+pytestmark = pytest.mark.timeout(420)
+
+#: Emulator and connection time scale: an emulated second lasts 0.1 s.
+TIME_SCALE = 10.0
+SUBMISSION_KEY = "cerebraform_submission"
+_MODULE_STARTED = time.monotonic()
+
+
+def _real_seconds(seconds: float) -> float:
+    """Emulated seconds for a job that lasts ``seconds`` of real time."""
+    return seconds * TIME_SCALE
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+    root = tmp_path_factory.mktemp("real-airflow")
+    with AirflowStack(root, api_key=new_api_key(), time_scale=TIME_SCALE) as airflow:
+        print(f"\n[real-airflow] stack ready in {airflow.startup_seconds:.1f} s under {root}")
+        yield airflow
+    print(f"\n[real-airflow] module wall time {time.monotonic() - _MODULE_STARTED:.1f} s")
+
+
+@pytest.fixture
+def emulator(stack: AirflowStack) -> EmulatorAdmin:
+    """The stack's emulator, reset (tasks, counters, faults, config) for this test."""
+    assert stack.emulator is not None, "the stack was stopped by an earlier test"
+    admin = stack.emulator.admin
+    admin.reset()
+    return admin
+
+
+def _ready(stack: AirflowStack, dag_id: str, file_name: str) -> None:
+    stack.wait_for_dag(dag_id, file_name)
+    stack.unpause(dag_id)
+
+
+def _assert_png(path: Path, *, landscape: bool) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        width, height = image.size
+    assert (width > height) is landscape, (path, image.size)
+
+
+def _assert_mp4(path: Path) -> None:
+    data = path.read_bytes()
+    assert len(data) > 1000 and data[4:8] == b"ftyp", path
+    assert b"moov" in data and b"mdat" in data, f"{path} lacks the moov/mdat boxes of a playable MP4"
+
+
+def _manifest(folder: Path) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    for path in sorted(folder.glob("*.manifest.json")):
+        entries.extend(json.loads(path.read_text()))
+    return entries
+
+
+def _submissions(admin: EmulatorAdmin) -> int:
+    return int(admin.stats()["submissions"]["total"])
+
+
+# --------------------------------------------------------------------------------------- issue 4
+
+
+@pytest.mark.real_airflow
+def test_example_scheduled_dag_defers_and_stores_media(stack: AirflowStack, emulator: EmulatorAdmin) -> None:
+    dag_id, run_id = "example_cerebraform_scheduled", "rt_example"
+    _ready(stack, dag_id, "example_cerebraform_scheduled.py")
+    # Long enough that each wait is seen deferred, and that the trigger fires well after the task
+    # that deferred has been reported done (see AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL in the harness).
+    emulator.configure(image_seconds=_real_seconds(6), video_seconds=_real_seconds(10))
+    # A logical date, as a scheduled run has: the output folder and the prompt come from it.
+    stack.trigger(dag_id, run_id, logical_date="2025-06-01T00:00:00+00:00")
+
+    run = stack.wait_for_run(dag_id, run_id, timeout=240)
+
+    runs = stack.api("GET", f"/dags/{dag_id}/dagRuns")["dag_runs"]
+    assert [r["dag_run_id"] for r in runs] == [run_id], "the schedule must not add runs to this test"
+    assert run.state == "success", run.states_seen
+    assert set(run.task_states().values()) == {"success"}, run.states_seen
+    assert "deferred" in run.states_seen["generate_image"], run.states_seen
+    assert "deferred" in run.states_seen["wait_for_video"], run.states_seen
+    assert {ti["try_number"] for ti in run.task_instances.values()} == {1}, "a retry hid a failure"
+
+    stats = emulator.stats()
+    assert stats["submissions"]["by_key"] == {key_label(stack.api_key): 2}
+    image_task, video_task = sorted(stats["tasks"], key=lambda task: task["kind"])
+    assert (image_task["kind"], video_task["kind"]) == ("image", "video")
+    assert "Sunday 01 June 2025" in image_task["prompt"]
+    assert image_task["status"] == video_task["status"] == 2
+
+    day = stack.output / "scheduled" / "2025-06-01"
+    _assert_png(day / "image_0.png", landscape=True)
+    _assert_mp4(day / "video_0.mp4")
+    manifest = _manifest(day)
+    assert {entry["request_id"] for entry in manifest} == {image_task["request_id"], video_task["request_id"]}
+    assert {os.path.basename(entry["path"]) for entry in manifest} == {"image_0.png", "video_0.mp4"}
+
+
+# --------------------------------------------------------------------------------------- issue 6
+
+
+@pytest.mark.real_airflow
+def test_triggerer_restart_resumes_deferred_tasks_without_resubmitting(
+    stack: AirflowStack, emulator: EmulatorAdmin
+) -> None:
+    dag_id, run_id = "cf_real_pipeline", "rt_triggerer_restart"
+    waits = ("generate_image", "wait_video")
+    _ready(stack, dag_id, "cf_real_pipeline.py")
+    # The jobs never finish on their own: the test completes them once the new triggerer has them.
+    emulator.configure(image_seconds=_real_seconds(3600), video_seconds=_real_seconds(3600))
+    stack.trigger(dag_id, run_id)
+
+    stack.watch_run(
+        dag_id,
+        run_id,
+        lambda tis: all(tis[task]["state"] == "deferred" for task in waits),
+        timeout=120,
+        what="both waits to be deferred",
+    )
+
+    def polled_by_first_triggerer() -> bool:
+        # The sensor polls once itself before deferring; a second poll comes from the triggerer.
+        tasks = emulator.tasks()
+        return len(tasks) == 2 and all(task["polls"] >= 2 for task in tasks)
+
+    wait_until(polled_by_first_triggerer, timeout=60, what="the first triggerer polling both jobs")
+    assert _submissions(emulator) == 2, emulator.stats()
+    first_triggerers = stack.alive_triggerer_ids()
+
+    exit_code = stack.stop_triggerer()
+    assert exit_code == 0, stack.logs.joinpath("triggerer-1.log").read_text()[-3000:]
+    polls_after_stop = {t["request_id"]: t["polls"] for t in emulator.tasks()}
+    tis = stack.task_instances(dag_id, run_id)
+    assert all(tis[task]["state"] == "deferred" for task in waits), "a wait did not survive the stop"
+
+    stack.start_triggerer()
+
+    def resumed_by_new_triggerer() -> bool:
+        polls = {t["request_id"]: t["polls"] for t in emulator.tasks()}
+        new_ids = stack.alive_triggerer_ids() - first_triggerers
+        tis = stack.task_instances(dag_id, run_id)
+        owners = {(tis[task]["trigger"] or {}).get("triggerer_id") for task in waits}
+        return bool(new_ids) and owners <= new_ids and all(polls[r] > polls_after_stop[r] for r in polls)
+
+    wait_until(
+        resumed_by_new_triggerer, timeout=120, what="the new triggerer to poll both jobs", check=stack.check
+    )
+    for request_id in polls_after_stop:
+        emulator.complete_task(request_id)
+
+    run = stack.wait_for_run(dag_id, run_id, timeout=180)
+
+    assert run.state == "success", run.states_seen
+    assert set(run.task_states().values()) == {"success"}, run.states_seen
+    assert {ti["try_number"] for ti in run.task_instances.values()} == {1}, run.task_instances
+    stats = emulator.stats()
+    assert stats["submissions"]["total"] == 2, "a restart must never submit again"
+    folder = stack.output / dag_id / run_id
+    stored = {entry["request_id"]: entry for entry in _manifest(folder)}
+    assert set(stored) == set(polls_after_stop)
+    for entry in stored.values():
+        path = folder / os.path.basename(entry["path"])
+        if entry["kind"] == "image":
+            _assert_png(path, landscape=True)
+        else:
+            _assert_mp4(path)
+
+
+@pytest.mark.real_airflow
+def test_worker_killed_after_submit_retry_reconnects(stack: AirflowStack, emulator: EmulatorAdmin) -> None:
+    dag_id, run_id, task_id = "cf_real_worker_kill", "rt_worker_kill", "submit_image"
+    _ready(stack, dag_id, "cf_real_pipeline.py")
+    emulator.configure(image_seconds=_real_seconds(4))
+    holding = stack.signals / f"{run_id}.holding"
+    stack.trigger(dag_id, run_id)
+
+    # The submit task holds after the submission (and after remembering it): kill it there.
+    wait_until(
+        lambda: _submissions(emulator) == 1 and holding.exists(),
+        timeout=120,
+        what="the submission and the task holding",
+        check=stack.check,
+    )
+    task_pid, request_id = holding.read_text().split()
+    ti = stack.task_instances(dag_id, run_id)[task_id]
+    runner = stack.task_runner(ti["id"])
+    assert runner is not None, "no task runner process under the scheduler"
+    assert runner.pid == int(task_pid) == ti["pid"], (runner.pid, task_pid, ti["pid"])
+    remembered = stack.state_store(dag_id, run_id, task_id, SUBMISSION_KEY)
+    assert remembered is not None and request_id in json.dumps(remembered["value"]), remembered
+    os.kill(runner.pid, signal.SIGKILL)
+
+    run = stack.wait_for_run(dag_id, run_id, timeout=180)
+
+    assert run.state == "success", run.states_seen
+    assert run.task_instances[task_id]["try_number"] == 2
+    tries = stack.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries")
+    # The killed try is archived as failed (the scheduler saw it die), and the task retried.
+    assert [(t["try_number"], t["state"]) for t in tries["task_instances"]] == [
+        (1, "failed"),
+        (2, "success"),
+    ], tries
+    assert _submissions(emulator) == 1, "the retry paid for a second generation"
+    assert [task["request_id"] for task in emulator.tasks()] == [request_id]
+    assert not (stack.signals / f"{run_id}.release").exists()
+    retry_log = "".join(
+        p.read_text() for p in stack.task_log_files(dag_id, run_id, task_id) if "attempt=2" in p.name
+    )
+    assert "Reconnecting" in retry_log, retry_log[-3000:]
+    _assert_png(stack.output / dag_id / run_id / f"{request_id}_0.png", landscape=False)
+
+
+# ------------------------------------------------------------------------------------ key scan
+
+
+def test_secret_scan_finds_a_planted_key(tmp_path: Path) -> None:
+    key = new_api_key()
+    (tmp_path / "clean.log").write_text("nothing to see\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "leak.log").write_text(f"line one\nAuthorization: Bearer {key}\n")
+    assert find_secret_in_files([tmp_path], key) == [f"{tmp_path / 'sub' / 'leak.log'}:2"]
+    with pytest.raises(AssertionError, match="1 file"):
+        assert_secret_not_in_files([tmp_path], key)
+    assert assert_secret_not_in_files([tmp_path / "clean.log"], key) == 1
+
+
+@pytest.mark.real_airflow
+def test_api_key_appears_in_no_log_file(stack: AirflowStack) -> None:
+    """Runs last: stops the stack so every log is complete, then scans all of them and the database."""
+    stack.stop()
+    print(f"\n[real-airflow] stopped in {', '.join(f'{k} {v:.1f} s' for k, v in stack.stop_seconds.items())}")
+    logs = stack.log_files()
+    names = {path.name for path in logs}
+    components = {"api-server.log", "scheduler.log", "dag-processor.log", "triggerer-1.log", "emulator.log"}
+    assert components <= names, sorted(names)
+    if stack.triggered_runs:  # the tests above ran DAGs: their task and trigger logs are scanned too
+        assert any(name.startswith("attempt=") and ".trigger." in name for name in names), sorted(names)
+        assert any(re.fullmatch(r"attempt=\d+\.log", name) for name in names), sorted(names)
+    scanned = assert_secret_not_in_files([*logs, stack.home / "airflow.db"], stack.api_key)
+    assert scanned == len(logs) + 1
