@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-    from airflow_provider_cerebraform.models import GenerationKind
+    from airflow_provider_cerebraform.models import GenerationKind, TaskState
 
 #: Key in ``task_state_store`` that remembers the submission across retries of one task instance.
 SUBMISSION_KEY = "cerebraform_submission"
@@ -110,6 +110,7 @@ class CerebraformSubmitOperator(BaseOperator):
         self.min_credits = min_credits
         self.max_rate_limit_wait = max_rate_limit_wait
         self.max_in_process_wait = max_in_process_wait
+        self._reconnected_state: TaskState | None = None
         self.cerebraform_conn_id = cerebraform_conn_id
 
     @property
@@ -159,6 +160,7 @@ class CerebraformSubmitOperator(BaseOperator):
             return None
         request_id = remembered["request_id"]
         state = hook.get_status(kind, request_id)
+        self._reconnected_state = state
         if state.status is TaskStatus.FAILED:
             self.log.warning(
                 "The earlier try's task %s failed (%s); submitting again", request_id, state.message
@@ -344,6 +346,11 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
 
     def _continue_after_submit(self, context: Context, request_id: str) -> Any:
         kind = validate_kind(self.kind).value
+        reconnected = self._reconnected_state
+        if reconnected is not None and reconnected.request_id == request_id and reconnected.is_done:
+            # A retry that found its generation finished stores it now: deferring a task whose
+            # trigger fires at once races the old try's exit in Airflow 3.3 (apache/airflow#72716).
+            return self._deliver(context, kind, request_id)
         self.defer(
             trigger=CerebraformTaskTrigger(
                 request_id=request_id,

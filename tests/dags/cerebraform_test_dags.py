@@ -177,6 +177,26 @@ class SubmitThenCrashOnce(CerebraformSubmitOperator):
         return request_id
 
 
+class GenerateThenCrashOnce(CerebraformGenerateOperator):
+    """
+    Submits; on the first try the generation is finished (by the emulator's control API) and the
+    worker "dies" before deferring. The retry finds it done and stores it without deferring.
+    """
+
+    def _continue_after_submit(self, context: Any, request_id: str) -> Any:
+        if context["ti"].try_number == 1:
+            from airflow_provider_cerebraform.emulator import EmulatorAdmin, EmulatorAdminError
+
+            admin = EmulatorAdmin(BaseHook.get_connection("cerebraform_default").host)
+            try:
+                admin.complete_task(request_id)
+            except EmulatorAdminError as error:
+                if error.status != 409:  # 409: it had already finished on its own
+                    raise
+            raise RuntimeError(f"worker lost before deferring {request_id} (test)")
+        return super()._continue_after_submit(context, request_id)
+
+
 def _retry() -> DAG:
     with DAG(
         "cerebraform_test_retry",
@@ -184,6 +204,7 @@ def _retry() -> DAG:
         start_date=START,
         catchup=False,
         default_args=DEFAULTS,
+        params={"output": ""},
     ) as dag:
         SubmitThenCrashOnce(
             task_id="submit_crash_once",
@@ -193,6 +214,13 @@ def _retry() -> DAG:
         )
         CerebraformSubmitOperator(
             task_id="guarded", prompt="an expensive video", kind="video", min_credits=10**9
+        )
+        GenerateThenCrashOnce(
+            task_id="generate_crash_once",
+            prompt="a kite over the dunes",
+            output="{{ params.output }}/retried",
+            retries=1,
+            retry_delay=timedelta(0),
         )
     return dag
 

@@ -156,7 +156,7 @@ def test_generate_operator_image_video_mapped_failure_timeout_and_asset(
 def test_retry_of_submit_reconnects_instead_of_paying_twice_and_min_credits_guards(
     cerebraform_emulator: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = run_dag("cerebraform_test_retry", tmp_path / "records", monkeypatch)
+    run = run_dag("cerebraform_test_retry", tmp_path / "records", monkeypatch, output=str(tmp_path / "media"))
 
     crashed = run.task("submit_crash_once")
     assert crashed.state == "success"
@@ -173,11 +173,21 @@ def test_retry_of_submit_reconnects_instead_of_paying_twice_and_min_credits_guar
     assert refused["type"] == "CerebraformInsufficientCreditsError"
     assert "min_credits=1000000000" in refused["message"] and "nothing was submitted" in refused["message"]
 
+    generated = run.task("generate_crash_once")
+    assert generated.state == "success" and generated.try_number == 2
+    (lost,) = run.failures_of("generate_crash_once")
+    generated_id = generated.xcom["request_id"]
+    assert generated_id in lost["message"]
+    (entry,) = generated.return_value
+    assert entry["request_id"] == generated_id and local_path(entry["path"]).stat().st_size == entry["bytes"]
+
     stats = cerebraform_emulator.admin.stats()
-    assert stats["submissions"]["total"] == 1
-    (task,) = stats["tasks"]
-    assert task["request_id"] == request_id
-    assert stats["credits"][_dev_label(stats)] == DEV_KEY_CREDITS - 1
+    assert stats["submissions"]["total"] == 2  # one per operator: neither retry paid again
+    assert {task["request_id"] for task in stats["tasks"]} == {request_id, generated_id}
+    # Each retry looked at its request's status once; the all-in-one operator found its generation
+    # done and stored it without deferring (a trigger would have polled at least once more).
+    assert stats["requests"]["status"] == 2
+    assert stats["credits"][_dev_label(stats)] == DEV_KEY_CREDITS - 2
 
 
 def _dev_label(stats: dict[str, Any]) -> str:
