@@ -298,7 +298,9 @@ class CerebraformProtocol:
     # -- answers -> values or typed errors -------------------------------------------------------
 
     def _parse_submit(self, request: ApiRequest, response: HttpResponse) -> str:
-        body = self._body(request, response)
+        body = _json_object(response.body)
+        if body is None:
+            raise self._unreadable_submission(request, "the answer is not a JSON object", response)
         request_id = body.get("request_id")
         if isinstance(request_id, int) and not isinstance(request_id, bool):
             request_id = str(request_id)
@@ -411,7 +413,8 @@ class CerebraformProtocol:
         rate = self.pacer.window(request.bucket)
         return CerebraformRateLimitError(
             f"Cerebraform {request.endpoint}: the {self.settings.tier.value} tier's {request.bucket.value} "
-            f"limit is used up in this process; the next slot opens in {delay:.0f} s "
+            f"limit has no free slot (client-side pacing, including any pause a 429 asked for); the next "
+            f"opens in {delay:.0f} s "
             f"(window {rate.period:.0f} s), longer than the {self.max_wait:.0f} s allowed to wait "
             "in-process.",
             retry_after=delay,

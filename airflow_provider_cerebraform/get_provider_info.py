@@ -80,7 +80,7 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "hidden-fields": ["schema", "port", "login"],
                     "relabeling": {"password": "API key", "host": "Base URL"},
                     "placeholders": {"host": "https://cerebraform.com"},
                 },

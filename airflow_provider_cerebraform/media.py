@@ -171,6 +171,7 @@ class MediaDownloader:
     :param max_bytes: the largest file accepted; a larger one fails and leaves nothing behind.
     :param max_retries: retries of a download that failed for a transient reason.
     :param retry_backoff: base seconds of the exponential backoff between those retries.
+    :param verify_ssl: verify TLS certificates of the media hosts (the connection's setting).
     :param log: where progress is reported.
     """
 
@@ -183,6 +184,7 @@ class MediaDownloader:
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_retries: int = 3,
         retry_backoff: float = 1.0,
+        verify_ssl: bool = True,
         log: Logger,
     ) -> None:
         self.session = session
@@ -191,6 +193,7 @@ class MediaDownloader:
         self.max_bytes = max_bytes
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
+        self.verify_ssl = verify_ssl
         self.log = log
         self._refetched = False
 
@@ -246,7 +249,7 @@ class MediaDownloader:
         self, result: TaskResult, index: int, item: MediaItem, folder: ObjectStoragePath, pattern: str
     ) -> ManifestEntry:
         try:
-            response = self.session.get(item.url, stream=True, timeout=self.timeout)
+            response = self.session.get(item.url, stream=True, timeout=self.timeout, verify=self.verify_ssl)
         except requests.RequestException as error:
             raise _Transient(type(error).__name__) from None
         with response:

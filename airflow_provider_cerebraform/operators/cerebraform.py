@@ -241,6 +241,7 @@ class _ResultDelivery:
             max_bytes=int(self.max_bytes),
             max_retries=settings.max_retries,
             retry_backoff=settings.retry_backoff,
+            verify_ssl=settings.verify_ssl,
             log=self.log,
         )
         entries = downloader.store_all(result, as_storage_path(self.output_location), self.file_name)

@@ -60,7 +60,8 @@ class CerebraformTaskSensor(BaseSensorOperator):
         max_consecutive_errors: int = 5,
         **kwargs: Any,
     ) -> None:
-        super().__init__(poke_interval=poll_interval, **kwargs)
+        kwargs.setdefault("poke_interval", poll_interval)
+        super().__init__(**kwargs)
         validate_literals(request_id=request_id, kind=kind)
         self.request_id = request_id
         self.kind = kind
