@@ -62,6 +62,8 @@ T = TypeVar("T")
 BACKOFF_CAP = 30.0
 # A 429 storm longer than this many answers in a row is reported rather than waited out.
 MAX_RATE_LIMITED_ANSWERS = 20
+# The longest Retry-After honoured: the longest published window (the anonymous quota's day).
+MAX_RETRY_AFTER = 86400.0
 _INTEGER = re.compile(r"^-?[0-9]+$")
 
 
@@ -283,16 +285,22 @@ class CerebraformProtocol:
         return ceiling * (0.5 + self._rng() / 2)
 
     def _retry_after(self, response: HttpResponse, answers: int) -> float:
-        """Retry-After header first, then the body's retry_after, then the backoff."""
+        """
+        Retry-After header first, then the body's retry_after, then the backoff. A value that is
+        not a finite number is ignored, and none waits longer than ``MAX_RETRY_AFTER`` (a bogus
+        ``inf`` or ``1e400`` would otherwise park a trigger for ever).
+        """
         header = response.headers.get("retry-after", "").strip()
         try:
-            return max(0.0, float(header))
+            seconds = float(header)
         except ValueError:
-            pass
+            seconds = math.nan
+        if math.isfinite(seconds):
+            return min(MAX_RETRY_AFTER, max(0.0, seconds))
         body = _json_object(response.body)
         value = body.get("retry_after") if body else None
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return max(0.0, float(value))
+            return min(MAX_RETRY_AFTER, max(0.0, float(value)))
         return self._backoff(answers)
 
     # -- answers -> values or typed errors -------------------------------------------------------

@@ -80,6 +80,7 @@ class SlidingWindow:
         self.ceiling = max(1.0, math.floor(limit * share))
         self.allowed = self.ceiling
         self.paused_until = 0.0
+        self._decreased_at = -math.inf
         self._clock = clock
         self._slots: deque[_Slot] = deque()
         self._margin = min(_EDGE_MARGIN_MAX, period * _EDGE_MARGIN_FRACTION)
@@ -151,9 +152,12 @@ class SlidingWindow:
             now = self._clock()
             # Halve once per episode: the 429s of requests already in flight when the first one
             # arrived are the same congestion, not new evidence (compounding them took a key with
-            # a few concurrent 429s down to 1 request per window for hours).
-            if now >= self.paused_until:
+            # a few concurrent 429s down to 1 request per window for hours). And at most once per
+            # window: a storm of 429s with short Retry-After answers otherwise halves the rate again
+            # after every pause, down to 1 request per window (1 task an hour on the create bucket).
+            if now >= self.paused_until and now >= self._decreased_at + self.period:
                 self.allowed = max(1.0, self.allowed / 2)
+                self._decreased_at = now
             self.paused_until = max(self.paused_until, now + retry_after)
 
     def is_paused(self) -> bool:
