@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import itertools
+
 from airflow_provider_cerebraform.pacing import SlidingWindow
 
 
@@ -92,3 +94,15 @@ def test_a_cancelled_slot_is_given_back():
     taken = window.reserve()
     window.cancel(taken)
     assert window.reserve().delay == 0.0
+
+
+def test_queued_callers_are_spaced_evenly_not_released_in_bursts():
+    clock = FakeClock()
+    window = SlidingWindow(limit=10, period=60.0, clock=clock)
+    slots = [clock.now + window.reserve().delay for _ in range(40)]
+    assert slots[:10] == [clock.now] * 10  # an idle key may burst up to its limit
+    queued = slots[10:]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(queued)]
+    assert min(gaps) >= 6.0 - 1e-9  # one window / limit apart
+    # ...and the throughput stays at the limit: ten more every window.
+    assert queued[-1] - queued[0] <= 3 * 60.0 + 1.0
