@@ -62,6 +62,11 @@ class DagOutcome:
             key=lambda f: f["try_number"],
         )
 
+    def failure(self, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """The one failure of a task that must fail at its first try (no retry spent)."""
+        (only,) = self.failures_of(task_id, map_index)
+        return only
+
     def asset_events(self, asset_name: str) -> list[dict[str, Any]]:
         from airflow.models.asset import AssetEvent, AssetModel
         from airflow.utils.session import create_session
@@ -80,21 +85,39 @@ class DagOutcome:
             return [{"source_task_id": row.source_task_id, "extra": dict(row.extra or {})} for row in rows]
 
 
-def run_dag(dag_id: str, record_dir: Path, monkeypatch: pytest.MonkeyPatch, **conf: Any) -> DagOutcome:
-    """Load ``dag_id`` from the session's DAG folder, run it once with ``dag.test()``, collect the outcome."""
+def run_dag(
+    dag_id: str,
+    record_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    dag_file: str = DAG_FILE,
+    record_env: str = RECORD_DIR_ENV,
+    **conf: Any,
+) -> DagOutcome:
+    """
+    Load ``dag_id`` from ``dag_file`` in the session's DAG folder, run it once with ``dag.test()`` and
+    collect the outcome; the DAG's callbacks write its failures to ``record_dir`` (named by ``record_env``).
+    """
+    record_dir.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv(record_env, str(record_dir))
+    dag = load_dag(dag_file, dag_id)
+    started = time.monotonic()
+    dag_run = dag.test(run_conf=conf or None)
+    return collect_outcome(dag_id, dag_run.run_id, str(dag_run.state), time.monotonic() - started, record_dir)
+
+
+def collect_outcome(dag_id: str, run_id: str, state: str, seconds: float, record_dir: Path) -> DagOutcome:
+    """What Airflow recorded for one DAG run: task states, tries, reschedules, XComs; plus the failures."""
+    from airflow.models.dagrun import DagRun
     from airflow.models.taskreschedule import TaskReschedule
     from airflow.models.xcom import XComModel
     from airflow.utils.session import create_session
     from sqlalchemy import select
 
-    record_dir.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv(RECORD_DIR_ENV, str(record_dir))
-    dag = load_dag(DAG_FILE, dag_id)
-    started = time.monotonic()
-    dag_run = dag.test(run_conf=conf or None)
-    seconds = time.monotonic() - started
     tasks: dict[tuple[str, int], TaskOutcome] = {}
     with create_session() as session:
+        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        assert dag_run is not None, run_id
         for ti in dag_run.get_task_instances(session=session):
             reschedules = len(
                 list(session.scalars(select(TaskReschedule.id).where(TaskReschedule.ti_id == ti.id)))
@@ -103,9 +126,9 @@ def run_dag(dag_id: str, record_dir: Path, monkeypatch: pytest.MonkeyPatch, **co
                 ti.task_id, ti.map_index, ti.state, ti.try_number, reschedules=reschedules
             )
         rows = session.scalars(
-            select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == dag_run.run_id)
+            select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
         )
         for row in rows:
             tasks[(row.task_id, row.map_index)].xcom[row.key] = XComModel.deserialize_value(row)
     failures = [json.loads(path.read_text()) for path in sorted(record_dir.glob(f"{dag_id}.*.json"))]
-    return DagOutcome(dag_id, dag_run.run_id, str(dag_run.state), seconds, tasks, failures)
+    return DagOutcome(dag_id, run_id, state, seconds, tasks, failures)

@@ -175,8 +175,9 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
             self._headers_buffer.append(body)
-        self.flush_headers()
+        # Counted before it goes out: a client that has read the answer finds it in the stats.
         self.state.count_response(code)
+        self.flush_headers()
 
     def _send_api_error(self, error: ApiError) -> None:
         self._send_json(error.code, error.body(), error.headers)
@@ -464,8 +465,8 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(total))
         self.send_header("Cache-Control", "private, max-age=60")
-        self.end_headers()
         self.state.count_response(200)
+        self.end_headers()
         if self.command == "HEAD":
             return
         limit = total // 2 if action in ("truncate", "reset") else total

@@ -18,6 +18,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from cerebraform_dagtest import DagOutcome, collect_outcome
+from cerebraform_dagtest import run_dag as run_test_dag
 from conftest import AIRFLOW_HOME, load_dag
 
 if TYPE_CHECKING:
@@ -34,51 +36,6 @@ DAG_FILE = "test_dags/cerebraform_fault_dags.py"
 RECORD_DIR_ENV = "CEREBRAFORM_FAULT_RECORD_DIR"
 #: What a user would see in a failure that escaped the typed errors.
 UNTYPED = ("KeyError", "TypeError", "AttributeError", "IndexError", "ValueError", "JSONDecodeError")
-
-
-@dataclass
-class TaskOutcome:
-    task_id: str
-    map_index: int
-    state: str | None
-    try_number: int
-    xcom: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def return_value(self) -> Any:
-        return self.xcom.get("return_value")
-
-
-@dataclass
-class DagOutcome:
-    """What one ``dag.test()`` (or re-run) left behind."""
-
-    dag_id: str
-    run_id: str
-    state: str
-    seconds: float
-    tasks: dict[tuple[str, int], TaskOutcome]
-    failures: list[dict[str, Any]]
-
-    def task(self, task_id: str, map_index: int = -1) -> TaskOutcome:
-        return self.tasks[(task_id, map_index)]
-
-    def mapped(self, task_id: str) -> list[TaskOutcome]:
-        return sorted(
-            (t for (tid, index), t in self.tasks.items() if tid == task_id and index >= 0),
-            key=lambda t: t.map_index,
-        )
-
-    def failures_of(self, task_id: str, map_index: int = -1) -> list[dict[str, Any]]:
-        return sorted(
-            (f for f in self.failures if f["task_id"] == task_id and f["map_index"] == map_index),
-            key=lambda f: f["try_number"],
-        )
-
-    def failure(self, task_id: str, map_index: int = -1) -> dict[str, Any]:
-        """The one failure of a task that must fail at its first try (no retry spent)."""
-        (only,) = self.failures_of(task_id, map_index)
-        return only
 
 
 @dataclass
@@ -160,12 +117,9 @@ def sha256(data: bytes) -> str:
 
 def run_dag(dag_id: str, record_dir: Path, monkeypatch: pytest.MonkeyPatch, **conf: Any) -> DagOutcome:
     """Load ``dag_id`` from the session's DAG folder and run it once with ``dag.test()``."""
-    record_dir.mkdir(parents=True, exist_ok=True)
-    monkeypatch.setenv(RECORD_DIR_ENV, str(record_dir))
-    dag = load_dag(DAG_FILE, dag_id)
-    started = time.monotonic()
-    dag_run = dag.test(run_conf=conf or None)
-    return _outcome(dag_id, dag_run.run_id, str(dag_run.state), time.monotonic() - started, record_dir)
+    return _account(
+        run_test_dag(dag_id, record_dir, monkeypatch, dag_file=DAG_FILE, record_env=RECORD_DIR_ENV, **conf)
+    )
 
 
 def rerun_tasks(
@@ -223,26 +177,12 @@ def rerun_tasks(
                 with contextlib.suppress(Exception):
                     _run_task(ti=ti, task=dag.task_dict[ti.task_id], run_triggerer=True)
         state = str(dag_run.state)
-    return _outcome(dag_id, run_id, state, time.monotonic() - started, record_dir)
+    return _account(collect_outcome(dag_id, run_id, state, time.monotonic() - started, record_dir))
 
 
-def _outcome(dag_id: str, run_id: str, state: str, seconds: float, record_dir: Path) -> DagOutcome:
-    from airflow.models.dagrun import DagRun
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-    from sqlalchemy import select
-
-    tasks: dict[tuple[str, int], TaskOutcome] = {}
-    with create_session() as session:
-        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-        for ti in dag_run.get_task_instances(session=session):
-            tasks[(ti.task_id, ti.map_index)] = TaskOutcome(ti.task_id, ti.map_index, ti.state, ti.try_number)
-        rows = session.scalars(
-            select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
-        )
-        for row in rows:
-            tasks[(row.task_id, row.map_index)].xcom[row.key] = XComModel.deserialize_value(row)
-    failures = [json.loads(path.read_text()) for path in sorted(record_dir.glob(f"{dag_id}.*.json"))]
+def _account(outcome: DagOutcome) -> DagOutcome:
+    """Check the run leaked no key into what users read, and add it to the ledger."""
+    tasks, failures = outcome.tasks, outcome.failures
     # The key is in no XCom value (request ids, manifests, URLs) and in no failure a user would read.
     seen = json.dumps([[t.task_id, t.map_index, t.xcom] for t in tasks.values()], default=str)
     assert FAULT_KEY not in seen, "the API key is in an XCom value"
@@ -252,7 +192,7 @@ def _outcome(dag_id: str, run_id: str, state: str, seconds: float, record_dir: P
     LEDGER.tasks_completed += sum(
         1 for t in tasks.values() if t.state == "success" and not t.task_id.startswith("arm")
     )
-    return DagOutcome(dag_id, run_id, state, seconds, tasks, failures)
+    return outcome
 
 
 def task_log_text(dag_id: str, run_id: str | None = None) -> str:
