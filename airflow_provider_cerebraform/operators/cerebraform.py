@@ -10,7 +10,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pendulum
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_cerebraform.exceptions import (
     CerebraformInsufficientCreditsError,
@@ -247,7 +247,7 @@ class _ResultDelivery:
         entries = downloader.store_all(result, as_storage_path(self.output_location), self.file_name)
         manifest = manifest_for_xcom(entries)
         for outlet in self.outlets or []:
-            if type(outlet).__name__ == "Asset":
+            if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = {"request_id": request_id, "manifest": manifest}
         return manifest
 
