@@ -15,13 +15,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from airflow.sdk import DAG
 
@@ -73,3 +74,14 @@ def load_dag(relative_path: str, dag_id: str) -> DAG:
     found = [value for value in vars(module).values() if isinstance(value, DAG) and value.dag_id == dag_id]
     assert found, f"{dag_id} not defined in {path}"
     return found[0]
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        time.sleep(interval)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+from conftest import wait_for as shared_wait_for
 
 from airflow_provider_cerebraform.emulator import CerebraformEmulator, EmulatorConfig
 
@@ -77,14 +78,8 @@ def assert_error(response: requests.Response, code: int, error: str | None = Non
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
-    """Poll ``condition`` until it returns something truthy, failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(interval)
+    """:func:`conftest.wait_for` with this suite's defaults."""
+    return shared_wait_for(condition, timeout, interval)
 
 
 @pytest.fixture(scope="module")

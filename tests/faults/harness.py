@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from cerebraform_dagtest import DagOutcome, collect_outcome
 from cerebraform_dagtest import run_dag as run_test_dag
 from conftest import AIRFLOW_HOME, load_dag
+from conftest import wait_for as shared_wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -206,11 +207,5 @@ def task_log_text(dag_id: str, run_id: str | None = None) -> str:
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(interval)
+    """:func:`conftest.wait_for` with this suite's defaults."""
+    return shared_wait_for(condition, timeout, interval)

@@ -15,10 +15,10 @@ import json
 import socket
 import sys
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from conftest import wait_for as shared_wait_for
 
 from airflow_provider_cerebraform.emulator import key_label
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
@@ -142,14 +142,8 @@ def calls(emulator: EmulatorHandle, make_calls: Callable[..., HookCalls]) -> Hoo
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.005) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(interval)
+    """:func:`conftest.wait_for` with this suite's defaults."""
+    return shared_wait_for(condition, timeout, interval)
 
 
 def api_counts(emulator: EmulatorHandle) -> dict[str, int]:
