@@ -6,7 +6,6 @@ import hashlib
 import json
 import random
 import time
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pendulum
@@ -27,7 +26,7 @@ from airflow_provider_cerebraform.media import (
     validate_destination,
 )
 from airflow_provider_cerebraform.models import TaskStatus
-from airflow_provider_cerebraform.triggers.cerebraform import CerebraformTaskTrigger, raise_for_event
+from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finished, raise_for_event
 from airflow_provider_cerebraform.validation import (
     build_submission,
     is_rendered_later,
@@ -352,16 +351,13 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
             # A retry that found its generation finished stores it now: deferring a task whose
             # trigger fires at once races the old try's exit in Airflow 3.3 (apache/airflow#72716).
             return self._deliver(context, kind, request_id)
-        self.defer(
-            trigger=CerebraformTaskTrigger(
-                request_id=request_id,
-                kind=kind,
-                cerebraform_conn_id=self.cerebraform_conn_id,
-                poll_interval=self.poll_interval,
-                deadline=time.time() + self.wait_timeout if self.wait_timeout is not None else None,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.wait_timeout + 300) if self.wait_timeout is not None else None,
+        defer_until_finished(
+            self,
+            request_id=request_id,
+            kind=kind,
+            cerebraform_conn_id=self.cerebraform_conn_id,
+            poll_interval=self.poll_interval,
+            timeout=self.wait_timeout,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
@@ -13,7 +11,7 @@ from airflow_provider_cerebraform.exceptions import CerebraformTaskFailedError
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
 from airflow_provider_cerebraform.triggers.cerebraform import (
     TRANSIENT_ERRORS,
-    CerebraformTaskTrigger,
+    defer_until_finished,
     raise_for_event,
 )
 from airflow_provider_cerebraform.validation import validate_kind, validate_literals, validate_request_id
@@ -24,9 +22,6 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_cerebraform.models import TaskState
-
-# The trigger's own deadline fires first and gives the clean sensor timeout; this is a backstop.
-_DEFER_TIMEOUT_MARGIN = 300.0
 
 
 class CerebraformTaskSensor(BaseSensorOperator):
@@ -84,18 +79,14 @@ class CerebraformTaskSensor(BaseSensorOperator):
             if state.status.is_terminal:
                 return self._finish(state)
             self.log.info("Cerebraform %s; deferring the wait to the triggerer", state.describe())
-        timeout = float(self.timeout) if self.timeout is not None else None
-        self.defer(
-            trigger=CerebraformTaskTrigger(
-                request_id=request_id,
-                kind=kind,
-                cerebraform_conn_id=self.cerebraform_conn_id,
-                poll_interval=self.poll_interval,
-                deadline=time.time() + timeout if timeout is not None else None,
-                max_consecutive_errors=self.max_consecutive_errors,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=timeout + _DEFER_TIMEOUT_MARGIN) if timeout is not None else None,
+        defer_until_finished(
+            self,
+            request_id=request_id,
+            kind=kind,
+            cerebraform_conn_id=self.cerebraform_conn_id,
+            poll_interval=self.poll_interval,
+            timeout=float(self.timeout) if self.timeout is not None else None,
+            max_consecutive_errors=self.max_consecutive_errors,
         )
 
     def poke(self, context: Context) -> PokeReturnValue:

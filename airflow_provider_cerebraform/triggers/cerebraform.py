@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
@@ -19,6 +20,8 @@ from airflow_provider_cerebraform.models import GenerationKind, TaskState, TaskS
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from airflow.sdk import BaseOperator
 
 #: Errors that may clear up on their own; anything else ends the wait at once.
 TRANSIENT_ERRORS = (CerebraformServerError, CerebraformTransportError, CerebraformRateLimitError)
@@ -168,3 +171,36 @@ def _error_class(name: Any) -> type[CerebraformError]:
     if isinstance(found, type) and issubclass(found, CerebraformError):
         return found
     return CerebraformError
+
+
+#: Airflow's own deferral timeout fires this long after the trigger's deadline, as a backstop only:
+#: the trigger's ``timeout`` event comes first and gives the clean error.
+DEFER_TIMEOUT_MARGIN = 300.0
+
+
+def defer_until_finished(
+    operator: BaseOperator,
+    *,
+    request_id: str,
+    kind: str,
+    cerebraform_conn_id: str,
+    poll_interval: float,
+    timeout: float | None,
+    **trigger_kwargs: Any,
+) -> NoReturn:
+    """
+    Defer ``operator`` to ``execute_complete`` on a :class:`CerebraformTaskTrigger` whose deadline is
+    ``timeout`` seconds from now (None: no deadline).
+    """
+    operator.defer(
+        trigger=CerebraformTaskTrigger(
+            request_id=request_id,
+            kind=kind,
+            cerebraform_conn_id=cerebraform_conn_id,
+            poll_interval=poll_interval,
+            deadline=time.time() + timeout if timeout is not None else None,
+            **trigger_kwargs,
+        ),
+        method_name="execute_complete",
+        timeout=timedelta(seconds=timeout + DEFER_TIMEOUT_MARGIN) if timeout is not None else None,
+    )
