@@ -445,6 +445,30 @@ class AirflowStack:
                 return process
         return None
 
+    def airflow_cli(self, *args: str, timeout: float = 120.0) -> str:
+        """
+        Run ``airflow <args>`` against the stack (its environment and database) and return its output;
+        fail with that output when it exits non-zero. The output is appended to ``logs/cli.log``, which
+        the key scan covers.
+
+        :param args: the command, e.g. ``("pools", "set", "name", "1", "description")``.
+        :param timeout: seconds before the command is killed (by subprocess.run, by its pid).
+        """
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow", *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=self._env,
+            cwd=self.root,
+            timeout=timeout,
+            check=False,
+        )
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        with open(self.logs / "cli.log", "a") as log:
+            log.write(f"$ airflow {' '.join(args)}\n{output}\n[exit {done.returncode}]\n")
+        assert done.returncode == 0, f"airflow {' '.join(args)} exited {done.returncode}:\n{output[-4000:]}"
+        return output
+
     def _start(self, name: str, args: Sequence[str], *, log_name: str | None = None) -> ManagedProcess:
         process = ManagedProcess(
             name,

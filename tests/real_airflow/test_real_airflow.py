@@ -8,6 +8,8 @@ and triggerer as separate processes with their own sqlite home, and the emulator
   resumes in the new triggerer and nothing is submitted twice.
 - A worker killed (SIGKILL) right after a submission: the retry reconnects to the same request
   through the task state store, and the emulator counts one submission.
+- ``airflow backfill create`` of ``example_cerebraform_backfill`` over three days: each prompt is
+  submitted once, inside the pool; a second backfill re-running the completed days pays for nothing.
 - At the end, no log file of any process (nor the metadata database) contains the API key.
 
 One stack serves the module (about half a minute to start here); each test resets the emulator.
@@ -15,11 +17,13 @@ One stack serves the module (about half a minute to start here); each test reset
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import signal
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -28,6 +32,7 @@ from PIL import Image
 from airflow_provider_cerebraform.emulator import key_label
 
 from .harness import (
+    EXAMPLE_DAGS,
     AirflowStack,
     assert_secret_not_in_files,
     find_secret_in_files,
@@ -253,6 +258,162 @@ def test_worker_killed_after_submit_retry_reconnects(stack: AirflowStack, emulat
     )
     assert "Reconnecting" in retry_log, retry_log[-3000:]
     _assert_png(stack.output / dag_id / run_id / f"{request_id}_0.png", landscape=False)
+
+
+# ------------------------------------------------------------------------------------ backfill
+
+BACKFILL_DAYS = ("2025-06-05", "2025-06-06", "2025-06-07")
+BACKFILL_POOL = "cerebraform_create"
+
+
+def _daily_prompts(day: str) -> list[dict[str, Any]]:
+    source = EXAMPLE_DAGS / "data" / "daily_prompts" / f"{day}.jsonl"
+    return [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+
+
+def _file_snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``folder`` by relative path: its sha256 and mtime (ns)."""
+    return {
+        str(path.relative_to(folder)): (
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+            path.stat().st_mtime_ns,
+        )
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _backfill_runs(stack: AirflowStack, dag_id: str) -> dict[str, dict[str, Any]]:
+    """The DAG's backfill runs by logical day."""
+    runs = stack.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
+    return {run["logical_date"][:10]: run for run in runs if run["run_type"] == "backfill"}
+
+
+def _wait_backfill(
+    stack: AirflowStack, dag_id: str, *, after: dict[str, str], pool: dict[str, int], timeout: float
+) -> dict[str, dict[str, Any]]:
+    """
+    Wait until a run of every backfill day has ended after ``after`` (day -> the end_date of its
+    previous run, "" for none), recording the most pool slots seen in use into ``pool``.
+    """
+
+    def ended() -> dict[str, dict[str, Any]] | None:
+        stats = stack.api("GET", f"/pools/{BACKFILL_POOL}")
+        for name in ("occupied_slots", "running_slots", "deferred_slots"):
+            pool[name] = max(pool.get(name, 0), int(stats[name]))
+        runs = _backfill_runs(stack, dag_id)
+        done = {
+            day: run
+            for day, run in runs.items()
+            if run["state"] in ("success", "failed") and (run["end_date"] or "") > after.get(day, "")
+        }
+        return runs if set(done) == set(BACKFILL_DAYS) and len(runs) == len(BACKFILL_DAYS) else None
+
+    return wait_until(
+        ended, timeout=timeout, what="every backfill run to end", interval=0.3, check=stack.check
+    )
+
+
+@pytest.mark.real_airflow
+def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emulator: EmulatorAdmin) -> None:
+    """
+    ``airflow backfill create`` of the example over three days (5 prompts) with a one-slot pool: every
+    run succeeds, each prompt is submitted once, the files and manifests land; a second backfill with
+    ``--reprocess-behavior completed`` re-runs every day and submits nothing, touching no file.
+    """
+    dag_id = "example_cerebraform_backfill"
+    began = time.monotonic()
+    # One slot: the pool is the only thing holding the generate tasks (parallelism is 2) to one at a time.
+    stack.airflow_cli("pools", "set", BACKFILL_POOL, "1", "Cerebraform task creation")
+    _ready(stack, dag_id, "example_cerebraform_backfill.py")
+    emulator.configure(image_seconds=_real_seconds(6))
+    expected = {day: _daily_prompts(day) for day in BACKFILL_DAYS}
+    range_args = ("--dag-id", dag_id, "--from-date", BACKFILL_DAYS[0], "--to-date", BACKFILL_DAYS[-1])
+
+    stack.triggered_runs.append((dag_id, "backfill"))
+    stack.airflow_cli("backfill", "create", *range_args, "--max-active-runs", "2")
+    pool: dict[str, int] = {}
+    runs = _wait_backfill(stack, dag_id, after={}, pool=pool, timeout=120)
+    first_seconds = time.monotonic() - began
+
+    assert {day: run["state"] for day, run in runs.items()} == dict.fromkeys(BACKFILL_DAYS, "success"), runs
+    generate_tis: list[dict[str, Any]] = []
+    for day, run in runs.items():
+        tis = stack.api("GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
+        states = {(ti["task_id"], ti["map_index"]): (ti["state"], ti["try_number"]) for ti in tis}
+        mapped = [ti for ti in tis if ti["task_id"] == "generate"]
+        assert len(mapped) == len(expected[day]), states
+        assert set(states.values()) == {("success", 1)}, (day, states)
+        generate_tis.extend(mapped)
+    assert {ti["pool"] for ti in generate_tis} == {BACKFILL_POOL}
+    # The pool was respected (never more than its one slot running or queued), and a deferred wait
+    # did not hold the slot: waits overlapped while the submissions went one at a time.
+    assert pool["occupied_slots"] <= 1 and pool["running_slots"] <= 1, pool
+    assert pool["deferred_slots"] >= 2, pool
+
+    submitted = Counter(task["prompt"] for task in emulator.tasks())
+    per_day = {day: [submitted[p["prompt"]] for p in prompts] for day, prompts in expected.items()}
+    assert per_day == {day: [1] * len(prompts) for day, prompts in expected.items()}, submitted
+    assert _submissions(emulator) == sum(len(prompts) for prompts in expected.values())
+    request_ids = {task["prompt"]: task["request_id"] for task in emulator.tasks()}
+
+    backfill = stack.output / "backfill"
+    for day, prompts in expected.items():
+        partition = backfill / f"dt={day}"
+        body = json.loads((partition / "_manifest.json").read_text())
+        assert body["partition"] == day and body["run_id"] == runs[day]["dag_run_id"], body
+        assert [entry["id"] for entry in body["prompts"]] == [p["id"] for p in prompts]
+        for prompt, entry in zip(prompts, body["prompts"], strict=True):
+            folder = partition / prompt["id"]
+            image = folder / "image_0.png"
+            assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
+            with Image.open(image) as png:
+                png.verify()
+            request_id = request_ids[prompt["prompt"]]
+            assert [p.name for p in folder.glob("*.manifest.json")] == [f"{request_id}.manifest.json"]
+            assert [(f["request_id"], os.path.basename(f["path"])) for f in entry["files"]] == [
+                (request_id, "image_0.png")
+            ]
+    files = _file_snapshot(backfill)
+    assert len(files) == len(BACKFILL_DAYS) + 2 * len(request_ids), sorted(files)
+
+    # Airflow allows one running backfill per DAG, and the scheduler marks a backfill complete only on
+    # a 30 s timer once its runs have ended: until then a second ``backfill create`` is refused.
+    def first_backfill_completed() -> dict[str, Any] | None:
+        backfills = stack.api("GET", "/backfills", params={"dag_id": dag_id})["backfills"]
+        assert len(backfills) == 1, backfills
+        return backfills[0] if backfills[0]["completed_at"] else None
+
+    completed_wait = time.monotonic()
+    wait_until(
+        first_backfill_completed, timeout=60, what="the backfill to be marked complete", check=stack.check
+    )
+    completed_wait = time.monotonic() - completed_wait
+
+    # Again over the same range, re-running the completed runs: nothing is paid for, nothing is written.
+    again_began = time.monotonic()
+    stack.airflow_cli("backfill", "create", *range_args, "--reprocess-behavior", "completed")
+    ended = {day: run["end_date"] for day, run in runs.items()}
+    rerun = _wait_backfill(stack, dag_id, after=ended, pool=pool, timeout=90)
+    again_seconds = time.monotonic() - again_began
+    second = stack.api("GET", "/backfills", params={"dag_id": dag_id})["backfills"]
+    assert [b["reprocess_behavior"] for b in second] == ["none", "completed"], second
+
+    assert {day: run["dag_run_id"] for day, run in rerun.items()} == {
+        day: run["dag_run_id"] for day, run in runs.items()
+    }, "the re-run must clear the same runs, not add any"
+    assert {day: run["state"] for day, run in rerun.items()} == dict.fromkeys(BACKFILL_DAYS, "success")
+    for run in rerun.values():
+        tis = stack.task_instances(dag_id, run["dag_run_id"])
+        assert (tis["plan_partition"]["state"], tis["plan_partition"]["try_number"]) == ("skipped", 2), tis
+    assert _submissions(emulator) == len(request_ids), "a re-run paid for a generation again"
+    assert _file_snapshot(backfill) == files, "a re-run changed or added files"
+    print(
+        f"\n[real-airflow] backfill of {len(BACKFILL_DAYS)} days, {len(request_ids)} prompts: "
+        f"{first_seconds:.1f} s (pool seen {pool}); marked complete after {completed_wait:.1f} s more; "
+        f"reprocess {again_seconds:.1f} s; "
+        f"submissions by day {per_day}"
+    )
 
 
 # ------------------------------------------------------------------------------------ key scan
