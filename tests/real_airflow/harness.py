@@ -1,8 +1,9 @@
 """
 A real Airflow 3.3 stack on loopback for the provider's end-to-end tests, with the emulator beside it.
 
-:class:`AirflowStack` gives every run its own ``AIRFLOW_HOME`` in a temporary directory, migrates a
-sqlite database there, and starts ``api-server``, ``scheduler`` (LocalExecutor), ``dag-processor`` and
+:class:`AirflowStack` gives every run its own ``AIRFLOW_HOME`` in a temporary directory, migrates its
+metadata database (a PostgreSQL database of its own, see ``postgres.py``; sqlite in the home only when
+no URL is given), and starts ``api-server``, ``scheduler`` (LocalExecutor), ``dag-processor`` and
 ``triggerer`` as separate subprocesses (so the triggerer can be restarted alone), plus the Cerebraform
 emulator. Every Airflow process gets the ``cerebraform_default`` connection through
 ``AIRFLOW_CONN_CEREBRAFORM_DEFAULT``. Each process writes its own log file under ``<root>/logs``;
@@ -266,6 +267,8 @@ class AirflowStack:
     :param parallelism: ``[core] parallelism`` (LocalExecutor forks that many workers).
     :param extra_env: more environment for every Airflow process.
     :param startup_timeout: seconds for the whole stack to become ready.
+    :param database_url: the metadata database's SQLAlchemy URL (an empty database: the stack migrates
+        it); default a sqlite file in the home, which serialises the stack's writers.
     """
 
     def __init__(
@@ -279,6 +282,7 @@ class AirflowStack:
         parallelism: int = 2,
         extra_env: Mapping[str, str] | None = None,
         startup_timeout: float = 240.0,
+        database_url: str | None = None,
     ) -> None:
         self.root = root
         self.home = root / "home"
@@ -297,6 +301,7 @@ class AirflowStack:
         self.parallelism = parallelism
         self.extra_env = dict(extra_env or {})
         self.startup_timeout = startup_timeout
+        self.database_url = database_url or f"sqlite:///{self.home / 'airflow.db'}"
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.emulator: EmulatorProcess | None = None
@@ -512,7 +517,7 @@ class AirflowStack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
             "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{self.home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.database_url,
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__API__WORKERS": "1",

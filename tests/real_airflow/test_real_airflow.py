@@ -1,6 +1,6 @@
 """
 The provider in a real Airflow 3.3 on loopback: api-server, scheduler (LocalExecutor), dag-processor
-and triggerer as separate processes with their own sqlite home, and the emulator beside them.
+and triggerer as separate processes on a PostgreSQL metadata database, with the emulator beside them.
 
 - The example DAG ``example_cerebraform_scheduled`` runs end to end; its waits really defer to the
   triggerer and real PNG and MP4 files land under the ``cerebraform_output`` Variable.
@@ -41,10 +41,12 @@ from .harness import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from airflow_provider_cerebraform.emulator import EmulatorAdmin
+
+    from .postgres import PostgresServer
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -60,9 +62,12 @@ def _real_seconds(seconds: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AirflowStack]:
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, metadata_database: Callable[[], tuple[str, str]]
+) -> Iterator[AirflowStack]:
     root = tmp_path_factory.mktemp("real-airflow")
-    with AirflowStack(root, api_key=new_api_key(), time_scale=TIME_SCALE) as airflow:
+    _name, url = metadata_database()
+    with AirflowStack(root, api_key=new_api_key(), time_scale=TIME_SCALE, database_url=url) as airflow:
         print(f"\n[real-airflow] stack ready in {airflow.startup_seconds:.1f} s under {root}")
         yield airflow
     print(f"\n[real-airflow] module wall time {time.monotonic() - _MODULE_STARTED:.1f} s")
@@ -416,6 +421,18 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
     )
 
 
+@pytest.mark.real_airflow
+def test_metadata_database_is_postgresql(stack: AirflowStack, postgres: PostgresServer) -> None:
+    """Every component of the stack wrote its runs into the PostgreSQL database, not a sqlite file."""
+    assert stack.database_url.startswith("postgresql+psycopg2://"), stack.database_url
+    database = stack.database_url.rsplit("/", 1)[1]
+    [(version,)] = postgres.execute("SELECT version()", database)
+    assert str(version).startswith("PostgreSQL "), version
+    runs = dict(postgres.execute("SELECT state, count(*) FROM dag_run GROUP BY state", database))
+    assert runs.get("success", 0) >= 1, runs  # the tests above ran DAGs through this database
+    assert not list(stack.home.glob("*.db")), "a sqlite database appeared in AIRFLOW_HOME"
+
+
 # ------------------------------------------------------------------------------------ key scan
 
 
@@ -431,7 +448,7 @@ def test_secret_scan_finds_a_planted_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.real_airflow
-def test_api_key_appears_in_no_log_file(stack: AirflowStack) -> None:
+def test_api_key_appears_in_no_log_file(stack: AirflowStack, postgres: PostgresServer) -> None:
     """Runs last: stops the stack so every log is complete, then scans all of them and the database."""
     stack.stop()
     print(f"\n[real-airflow] stopped in {', '.join(f'{k} {v:.1f} s' for k, v in stack.stop_seconds.items())}")
@@ -442,5 +459,8 @@ def test_api_key_appears_in_no_log_file(stack: AirflowStack) -> None:
     if stack.triggered_runs:  # the tests above ran DAGs: their task and trigger logs are scanned too
         assert any(name.startswith("attempt=") and ".trigger." in name for name in names), sorted(names)
         assert any(re.fullmatch(r"attempt=\d+\.log", name) for name in names), sorted(names)
-    scanned = assert_secret_not_in_files([*logs, stack.home / "airflow.db"], stack.api_key)
+    database = stack.database_url.rsplit("/", 1)[1]
+    dump = postgres.dump(database, stack.root / "metadata-dump.sql")
+    assert b"CREATE TABLE public.task_instance" in dump.read_bytes()  # the dump holds the database
+    scanned = assert_secret_not_in_files([*logs, dump], stack.api_key)
     assert scanned == len(logs) + 1
