@@ -6,6 +6,8 @@ outcomes: done, failed (-1) and timed out.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,6 +16,7 @@ from cerebraform_dagtest import DagOutcome, run_dag
 from airflow_provider_cerebraform.pacing import reset_pacers
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
@@ -42,6 +45,29 @@ def run_sensors(
     return run_dag("cerebraform_test_sensors", tmp_path / "records", monkeypatch, prompt=prompt)
 
 
+@contextlib.contextmanager
+def jobs_done_after_first_poll(emulator: EmulatorHandle) -> Iterator[None]:
+    """
+    Finish each emulated job once its sensor has polled it (and seen it running), whatever the time:
+    a job of a fixed length can end before a slow-starting sensor's first poll on a loaded machine.
+    """
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.05):
+            for task in emulator.admin.stats()["tasks"]:
+                if task["polls"] >= 1 and task["status"] in (0, 1):
+                    emulator.admin.complete_task(task["request_id"])
+
+    watcher = threading.Thread(target=watch, name="complete-after-first-poll", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
+
+
 def polls_by_request(emulator: EmulatorHandle) -> dict[str, int]:
     return {task["request_id"]: task["polls"] for task in emulator.admin.stats()["tasks"]}
 
@@ -49,7 +75,10 @@ def polls_by_request(emulator: EmulatorHandle) -> dict[str, int]:
 def test_done_returns_the_status_in_every_mode(
     cerebraform_emulator: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run = run_sensors(cerebraform_emulator, tmp_path, monkeypatch, job_seconds=1.0, prompt="a quiet harbour")
+    with jobs_done_after_first_poll(cerebraform_emulator):
+        run = run_sensors(
+            cerebraform_emulator, tmp_path, monkeypatch, job_seconds=3600.0, prompt="a quiet harbour"
+        )
     assert run.state == "success", run.failures
     polls = polls_by_request(cerebraform_emulator)
     for mode in MODES:
