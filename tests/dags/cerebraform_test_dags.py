@@ -183,7 +183,7 @@ class GenerateThenCrashOnce(CerebraformGenerateOperator):
     worker "dies" before deferring. The retry finds it done and stores it without deferring.
     """
 
-    def _continue_after_submit(self, context: Any, request_id: str) -> Any:
+    def _continue_after_submit(self, context: Any, request_id: str, reconnected: Any = None) -> Any:
         if context["ti"].try_number == 1:
             from airflow_provider_cerebraform.emulator import EmulatorAdmin, EmulatorAdminError
 
@@ -194,7 +194,7 @@ class GenerateThenCrashOnce(CerebraformGenerateOperator):
                 if error.status != 409:  # 409: it had already finished on its own
                     raise
             raise RuntimeError(f"worker lost before deferring {request_id} (test)")
-        return super()._continue_after_submit(context, request_id)
+        return super()._continue_after_submit(context, request_id, reconnected)
 
 
 def _retry() -> DAG:

@@ -89,7 +89,8 @@ def test_done_returns_the_status_in_every_mode(
             "request_id": request_id,
             "kind": "image",
             "message": "Task completed.",
-            "status": 2,
+            "status": "done",  # the trigger event's value, in every mode
+            "task_status": 2,
         }
         # It really waited: the job was still running at the first poll.
         assert polls[request_id] >= 2, (mode, polls[request_id])
