@@ -164,6 +164,32 @@ def _sensors() -> DAG:
 
 sensors = _sensors()
 
+
+def _sensor_error_budget() -> DAG:
+    """Two poking sensors (poke, reschedule) whose every poll fails: the budget must end both."""
+    with DAG(
+        "cerebraform_test_sensor_error_budget",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        default_args=DEFAULTS,
+        params={"request_id": "unset"},
+    ) as dag:
+        for mode in ("poke", "reschedule"):
+            CerebraformTaskSensor(
+                task_id=f"sensor_{mode}",
+                request_id="{{ params.request_id }}",
+                poll_interval=0.1,
+                timeout=30,
+                deferrable=False,
+                mode=mode,
+                max_consecutive_errors=2,
+            )
+    return dag
+
+
+sensor_error_budget = _sensor_error_budget()
+
 # -- retry safety and the credit guard --------------------------------------------------------------
 
 

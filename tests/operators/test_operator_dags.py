@@ -82,7 +82,8 @@ def test_submit_sensor_result_pipeline_stores_real_media_locally(
         "request_id": request_id,
         "kind": "image",
         "message": "Task completed.",
-        "status": 2,
+        "status": "done",
+        "task_status": 2,
     }
     manifest = run.task("store").return_value
     (png,) = check_delivered(manifest, folder, "image")

@@ -142,3 +142,30 @@ def test_a_job_that_never_finishes_times_the_sensor_out_in_every_mode(
     assert run.task("sensor_reschedule").reschedules >= 1
     # The jobs are still queued or running: the sensors stopped waiting, the jobs did not end.
     assert [task["status"] in (0, 1) for task in cerebraform_emulator.admin.stats()["tasks"]] == [True] * 3
+
+
+def test_the_error_budget_ends_the_wait_in_poke_and_reschedule_mode(
+    cerebraform_emulator: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Every status poll answers 503 and the client does not retry (retry_limit=0): with
+    max_consecutive_errors=2 each sensor fails on its third poll with the server error, in
+    reschedule mode too, where each poke is a new task run (the count lives in the task state store).
+    """
+    emulator = cerebraform_emulator
+    monkeypatch.setenv("AIRFLOW_CONN_CEREBRAFORM_DEFAULT", emulator.connection_json(retry_limit=0))
+    emulator.admin.configure(image_seconds=3600.0)
+    from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
+
+    request_id = CerebraformHook().submit("image", "a harbour that never finishes")
+    emulator.admin.set_faults({"endpoint": "status", "error_rate": 1.0, "status": 503})
+    run = run_dag(
+        "cerebraform_test_sensor_error_budget", tmp_path / "records", monkeypatch, request_id=request_id
+    )
+    assert run.state == "failed"
+    for mode in ("poke", "reschedule"):
+        (failure,) = run.failures_of(f"sensor_{mode}")
+        assert failure["type"] == "CerebraformServerError", (mode, failure)
+        assert "503" in failure["message"]
+    assert run.task("sensor_reschedule").reschedules == 2  # two tolerated errors, one reschedule each
+    assert emulator.admin.task(request_id)["polls"] == 0  # every poll was refused by the fault
