@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
     from .conftest import FaultEmulator
 
-pytestmark = pytest.mark.usefixtures("airflow_db")
+# A child Airflow process per test, on top of the session database: slower than one dag.test().
+pytestmark = [pytest.mark.usefixtures("airflow_db"), pytest.mark.timeout(900)]
 
 KILL_PROMPT = "killed: a moth at a lamp"  # the DAG's prompt (tests/dags/cerebraform_fault_dags.py)
 FIRST_TRY = """

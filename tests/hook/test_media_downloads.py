@@ -33,17 +33,21 @@ def finished_image(emulator: EmulatorHandle) -> str:
 def test_a_429_on_a_media_download_waits_retry_after(emulator: EmulatorHandle, tmp_path: Path) -> None:
     """The connection's backoff is 0.02 s (``emulator`` fixture): only Retry-After explains 2 s."""
     request_id = finished_image(emulator)
+    # A first download without faults: imports and the emulator's rendering are out of the timing.
+    CerebraformResultOperator(task_id="warm", request_id=request_id, output=str(tmp_path / "warm")).execute(
+        {}
+    )
     emulator.admin.set_faults(
         {"endpoint": "media", "status": 429, "fail_next": 1, "retry_after": RETRY_AFTER}
     )
-    operator = CerebraformResultOperator(task_id="store", request_id=request_id, output=str(tmp_path))
+    operator = CerebraformResultOperator(task_id="store", request_id=request_id, output=str(tmp_path / "out"))
     started = time.monotonic()
     (entry,) = operator.execute({})
     waited = time.monotonic() - started
     assert waited >= RETRY_AFTER, f"retried after {waited:.2f} s, before Retry-After: {RETRY_AFTER} s"
-    assert (tmp_path / entry["path"].rsplit("/", 1)[-1]).stat().st_size == entry["bytes"] > 0
+    assert (tmp_path / "out" / entry["path"].rsplit("/", 1)[-1]).stat().st_size == entry["bytes"] > 0
     stats = emulator.admin.stats()
-    assert stats["requests"]["media"] == 2
+    assert stats["requests"]["media"] == 3  # the warm-up, the 429, the retry
     assert stats["responses"]["429"] == 1
 
 

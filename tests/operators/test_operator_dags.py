@@ -17,20 +17,12 @@ import pytest
 from cerebraform_dagtest import run_dag
 from PIL import Image
 
-from airflow_provider_cerebraform.pacing import reset_pacers
-
 if TYPE_CHECKING:
     from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 DEV_KEY_CREDITS = 1000
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pacers() -> None:
-    """Every test starts with no client-side pacing state left over from another test."""
-    reset_pacers()
 
 
 def local_path(url: str) -> Path:

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 import pytest
 from cerebraform_dagtest import DagOutcome, run_dag
 
-from airflow_provider_cerebraform.pacing import reset_pacers
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
@@ -25,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 MODES = ("deferred", "poke", "reschedule")
 FAIL_MESSAGE = "upstream model crashed (sensor test)"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pacers() -> None:
-    reset_pacers()
 
 
 def run_sensors(
