@@ -247,22 +247,22 @@ class CerebraformProtocol:
         return self._exchange(request, lambda response: self._parse_submit(request, response))
 
     def status(self, kind: GenerationKind | str, request_id: str) -> Conversation[TaskState]:
-        generation_kind, rid = validate_kind(kind), validate_request_id(request_id)
-        request = ApiRequest(
-            "GET", f"{generation_kind.path}/status/{rid}", f"status {generation_kind.value}", Bucket.POLL
-        )
-        return self._exchange(
-            request, lambda response: self._parse_status(request, generation_kind, rid, response)
-        )
+        return self._task_get("status", kind, request_id, self._parse_status)
 
     def result(self, kind: GenerationKind | str, request_id: str) -> Conversation[TaskResult]:
+        return self._task_get("result", kind, request_id, self._parse_result)
+
+    def _task_get(
+        self,
+        what: str,
+        kind: GenerationKind | str,
+        request_id: str,
+        parse: Callable[[ApiRequest, GenerationKind, str, HttpResponse], T],
+    ) -> Conversation[T]:
         generation_kind, rid = validate_kind(kind), validate_request_id(request_id)
-        request = ApiRequest(
-            "GET", f"{generation_kind.path}/result/{rid}", f"result {generation_kind.value}", Bucket.POLL
-        )
-        return self._exchange(
-            request, lambda response: self._parse_result(request, generation_kind, rid, response)
-        )
+        path = f"{generation_kind.path}/{what}/{rid}"
+        request = ApiRequest("GET", path, f"{what} {generation_kind.value}", Bucket.POLL)
+        return self._exchange(request, lambda response: parse(request, generation_kind, rid, response))
 
     def credits(self) -> Conversation[int]:
         request = ApiRequest("GET", "/ai/v1/user/credits", "credits", Bucket.POLL)

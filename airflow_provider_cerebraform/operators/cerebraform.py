@@ -81,7 +81,8 @@ class CerebraformSubmitOperator(BaseOperator):
         (client pacing and ``Retry-After``); a longer wait defers instead.
     :param on_uncertain_submission: what a retry does when an earlier try may have paid without
         learning the request id: ``"fail"`` (default: fail, submit nothing) or ``"resubmit"``
-        (submit again, which may pay twice).
+        (submit again, which may pay twice) (templated, e.g. from a Variable, so that it can be
+        changed for one clear without editing the DAG).
     :param cerebraform_conn_id: the Cerebraform connection.
     """
 
@@ -92,6 +93,7 @@ class CerebraformSubmitOperator(BaseOperator):
         "aspect_ratio",
         "duration",
         "min_credits",
+        "on_uncertain_submission",
     )
     ui_color = "#d6c8ff"
 
@@ -114,7 +116,9 @@ class CerebraformSubmitOperator(BaseOperator):
         validate_literals(
             kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
         )
-        self.on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission)
+        if not is_rendered_later(on_uncertain_submission):
+            validate_uncertain_policy(on_uncertain_submission)
+        self.on_uncertain_submission = on_uncertain_submission
         self.prompt = prompt
         self.kind = kind
         self.image_url = image_url
@@ -151,6 +155,7 @@ class CerebraformSubmitOperator(BaseOperator):
             aspect_ratio=self.aspect_ratio,
             duration=self.duration,
         )
+        self.on_uncertain_submission = validate_uncertain_policy(self.on_uncertain_submission)
         hook = self.hook
         records = submission_store(context, self.log)
         fingerprint = submission.fingerprint(self.cerebraform_conn_id)
@@ -197,9 +202,9 @@ class CerebraformSubmitOperator(BaseOperator):
         if record.request_id is None:
             self._on_uncertain(
                 records,
-                f"An earlier try of this task sent the submission at {_utc(record.intent_at)} and did not "
-                "record the answer (its worker may have stopped right after the POST): it may have "
-                "created and paid for a task.",
+                f"An earlier try of this task sent the submission at {_utc(record.intent_at)} and has no "
+                "request id for it (its worker may have stopped right after the POST, or the service no "
+                "longer knew the id): it may have created and paid for a task.",
             )
             return None
         try:

@@ -122,6 +122,29 @@ def _killed_submit(policy: str) -> DAG:
 killed_submit_fail = _killed_submit("fail")
 killed_submit_resubmit = _killed_submit("resubmit")
 
+# -- a remembered request the service no longer knows (404) ------------------------------------------
+
+FORGOTTEN_PROMPT = "forgotten: a paper lantern"
+
+
+class SubmitThenFailOnce(CerebraformSubmitOperator):
+    """Submits (the request id is recorded), then fails its first try."""
+
+    def execute(self, context: Any) -> Any:
+        request_id = super().execute(context)
+        if context["ti"].try_number == 1:
+            raise RuntimeError(f"the first try fails after submitting {request_id} (test)")
+        return request_id
+
+
+with _dag("cerebraform_fault_forgotten_request") as forgotten_request:
+    SubmitThenFailOnce(
+        task_id="submit",
+        prompt=FORGOTTEN_PROMPT,
+        # Templated: a Variable changes the policy for one clear, without editing the DAG.
+        on_uncertain_submission="{{ var.value.get('cerebraform_on_uncertain_submission', 'fail') }}",
+    )
+
 # -- status polls: 5xx bursts and latency beyond the request timeout, in the trigger and in a sensor --
 
 #: The first two polls answer after 1 s (the connection's timeout is 0.5 s), the next three get 503.

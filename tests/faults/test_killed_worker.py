@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import pytest
 from conftest import DAGS_FOLDER
 
-from .harness import DAG_FILE, rerun_tasks, submissions_by_prompt
+from .harness import DAG_FILE, rerun_tasks, run_dag, submissions_by_prompt
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 # A child Airflow process per test, on top of the session database: slower than one dag.test().
 pytestmark = [pytest.mark.usefixtures("airflow_db"), pytest.mark.timeout(900)]
 
-KILL_PROMPT = "killed: a moth at a lamp"  # the DAG's prompt (tests/dags/cerebraform_fault_dags.py)
+# The DAGs' prompts (tests/dags/cerebraform_fault_dags.py).
+KILL_PROMPT = "killed: a moth at a lamp"
+FORGOTTEN_PROMPT = "forgotten: a paper lantern"
 FIRST_TRY = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("killed_dags", sys.argv[1])
@@ -81,7 +83,7 @@ def test_a_retry_after_a_kill_between_answer_and_record_does_not_pay_again(
     assert run.task("submit").state == "failed"
     (failure,) = run.failures_of("submit")
     assert failure["type"] == "CerebraformSubmissionUncertainError", failure
-    assert "did not record the answer" in failure["message"]
+    assert "has no request id for it" in failure["message"]
     assert "on_uncertain_submission='resubmit'" in failure["message"]
     assert submissions_by_prompt(fault_emulator.admin)[KILL_PROMPT] == 1  # no second payment
 
@@ -97,3 +99,30 @@ def test_resubmit_is_the_users_explicit_choice_to_pay_again(
 
     assert run.task("submit").state == "success", run.failures
     assert submissions_by_prompt(fault_emulator.admin)[KILL_PROMPT] == 2
+
+
+def test_a_remembered_request_the_service_no_longer_knows_is_forgotten_not_a_404_loop(
+    fault_emulator: FaultEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Fault: the first try submits and records the request id, then fails; the service forgets the
+    task (emulator reset). Expected: the retry's status check gets 404, forgets the id (a warning
+    says so) and, under the default policy, fails as an uncertain submission without paying; with
+    the policy set to ``resubmit`` through the templated Variable, the next clear submits once.
+    """
+    dag_id = "cerebraform_fault_forgotten_request"
+    first = run_dag(dag_id, tmp_path / "first", monkeypatch)
+    assert first.task("submit").state == "failed"
+    fault_emulator.reset()  # the service no longer knows the request
+
+    second = rerun_tasks(dag_id, first.run_id, tmp_path / "second", monkeypatch, select=lambda ti: True)
+    (failure,) = second.failures_of("submit")
+    assert failure["type"] == "CerebraformSubmissionUncertainError", failure
+    assert "no longer knows it (HTTP 404)" in failure["message"]
+    assert "CerebraformNotFoundError" not in failure["mro"]
+    assert fault_emulator.admin.stats()["submissions"]["total"] == 0
+
+    monkeypatch.setenv("AIRFLOW_VAR_CEREBRAFORM_ON_UNCERTAIN_SUBMISSION", "resubmit")
+    third = rerun_tasks(dag_id, first.run_id, tmp_path / "third", monkeypatch, select=lambda ti: True)
+    assert third.task("submit").state == "success", third.failures
+    assert submissions_by_prompt(fault_emulator.admin)[FORGOTTEN_PROMPT] == 1
