@@ -262,7 +262,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             path, _, query = raw.partition("?")
             path = path.split("#", 1)[0]
         group, handler = self._route(path, query)
-        self.state.count_request(group)
+        self.state.count_request(group, self.headers)
         try:
             body = self._read_body()
             handler(body)
