@@ -39,6 +39,12 @@ dag.test()
 """
 
 
+def records(folder: Path) -> Path:
+    """A folder for the failures the DAG's callback records (``rerun_tasks`` does not create it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def kill_the_first_try(dag_id: str) -> str:
     """Run the first try in a child that is killed after the POST's answer; return the DAG run's id."""
     from airflow.models.dagrun import DagRun
@@ -78,7 +84,7 @@ def test_a_retry_after_a_kill_between_answer_and_record_does_not_pay_again(
     run_id = kill_the_first_try(dag_id)
     assert submissions_by_prompt(fault_emulator.admin)[KILL_PROMPT] == 1  # the first try paid
 
-    run = rerun_tasks(dag_id, run_id, tmp_path / "records", monkeypatch, select=lambda ti: True)
+    run = rerun_tasks(dag_id, run_id, records(tmp_path / "records"), monkeypatch, select=lambda ti: True)
 
     assert run.task("submit").state == "failed"
     (failure,) = run.failures_of("submit")
@@ -95,7 +101,7 @@ def test_resubmit_is_the_users_explicit_choice_to_pay_again(
     dag_id = "cerebraform_fault_killed_submit_resubmit"
     run_id = kill_the_first_try(dag_id)
 
-    run = rerun_tasks(dag_id, run_id, tmp_path / "records", monkeypatch, select=lambda ti: True)
+    run = rerun_tasks(dag_id, run_id, records(tmp_path / "records"), monkeypatch, select=lambda ti: True)
 
     assert run.task("submit").state == "success", run.failures
     assert submissions_by_prompt(fault_emulator.admin)[KILL_PROMPT] == 2
@@ -115,7 +121,9 @@ def test_a_remembered_request_the_service_no_longer_knows_is_forgotten_not_a_404
     assert first.task("submit").state == "failed"
     fault_emulator.reset()  # the service no longer knows the request
 
-    second = rerun_tasks(dag_id, first.run_id, tmp_path / "second", monkeypatch, select=lambda ti: True)
+    second = rerun_tasks(
+        dag_id, first.run_id, records(tmp_path / "second"), monkeypatch, select=lambda ti: True
+    )
     (failure,) = second.failures_of("submit")
     assert failure["type"] == "CerebraformSubmissionUncertainError", failure
     assert "no longer knows it (HTTP 404)" in failure["message"]
@@ -123,6 +131,8 @@ def test_a_remembered_request_the_service_no_longer_knows_is_forgotten_not_a_404
     assert fault_emulator.admin.stats()["submissions"]["total"] == 0
 
     monkeypatch.setenv("AIRFLOW_VAR_CEREBRAFORM_ON_UNCERTAIN_SUBMISSION", "resubmit")
-    third = rerun_tasks(dag_id, first.run_id, tmp_path / "third", monkeypatch, select=lambda ti: True)
+    third = rerun_tasks(
+        dag_id, first.run_id, records(tmp_path / "third"), monkeypatch, select=lambda ti: True
+    )
     assert third.task("submit").state == "success", third.failures
     assert submissions_by_prompt(fault_emulator.admin)[FORGOTTEN_PROMPT] == 1
