@@ -108,7 +108,7 @@ class CerebraformSubmitOperator(BaseOperator):
         min_credits: int | None = None,
         max_rate_limit_wait: float = 24 * 3600.0,
         max_in_process_wait: float = 60.0,
-        on_uncertain_submission: UncertainSubmissionPolicy | str = UncertainSubmissionPolicy.FAIL,
+        on_uncertain_submission: UncertainSubmissionPolicy | str = UncertainSubmissionPolicy.FAIL.value,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -117,7 +117,8 @@ class CerebraformSubmitOperator(BaseOperator):
             kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
         )
         if not is_rendered_later(on_uncertain_submission):
-            validate_uncertain_policy(on_uncertain_submission)
+            # The plain value: a template field is rendered with str(), which spells an Enum member's name.
+            on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission).value
         self.on_uncertain_submission = on_uncertain_submission
         self.prompt = prompt
         self.kind = kind
