@@ -9,6 +9,7 @@ protocol's.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
 import weakref
@@ -31,13 +32,16 @@ from airflow_provider_cerebraform.core import (
 
 if TYPE_CHECKING:
     import ssl
+    from collections.abc import Callable
 
     from airflow_provider_cerebraform.models import (
         ConnectionSettings,
         GenerationKind,
+        Submission,
         TaskResult,
         TaskState,
     )
+    from airflow_provider_cerebraform.pacing import KeyPacer
 
 T = TypeVar("T")
 
@@ -49,6 +53,8 @@ class CerebraformClient:
     :param settings: the connection's settings.
     :param max_wait: the most seconds a call waits in-process for pacing and 429s (see the protocol).
     :param session: a session to use instead of a new one.
+    :param pacer: the key's pacer; by default the process-wide one for these settings.
+    :param rng: a source of floats in [0, 1) for the retry jitter.
     """
 
     def __init__(
@@ -57,8 +63,10 @@ class CerebraformClient:
         *,
         max_wait: float | None = 60.0,
         session: requests.Session | None = None,
+        pacer: KeyPacer | None = None,
+        rng: Callable[[], float] = random.random,
     ) -> None:
-        self.protocol = CerebraformProtocol(settings, max_wait=max_wait)
+        self.protocol = CerebraformProtocol(settings, max_wait=max_wait, pacer=pacer, rng=rng)
         self.session = session or requests.Session()
 
     def __repr__(self) -> str:
@@ -67,20 +75,13 @@ class CerebraformClient:
     def close(self) -> None:
         self.session.close()
 
-    def submit(
-        self,
-        kind: GenerationKind | str,
-        prompt: str,
-        *,
-        image_url: str | None = None,
-        aspect_ratio: str | None = None,
-        duration: int | None = None,
-    ) -> str:
-        return self._run(
-            self.protocol.submit(
-                kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
-            )
-        )
+    def submit(self, submission: Submission) -> str:
+        return self._run(self.protocol.submit(submission))
+
+    def open_media(self, url: str) -> requests.Response:
+        """Start streaming a media URL: no API key (it may point anywhere); the connection's TLS, timeout."""
+        settings = self.protocol.settings
+        return self.session.get(url, stream=True, timeout=settings.timeout, verify=settings.verify_ssl)
 
     def get_status(self, kind: GenerationKind | str, request_id: str) -> TaskState:
         return self._run(self.protocol.status(kind, request_id))
@@ -137,28 +138,25 @@ class CerebraformAsyncClient:
     :param settings: the connection's settings.
     :param max_wait: in-process wait cap; None (the default) waits as long as the service asks,
         which costs nothing in a trigger.
+    :param pacer: the key's pacer; by default the process-wide one for these settings.
+    :param rng: a source of floats in [0, 1) for the retry jitter.
     """
 
-    def __init__(self, settings: ConnectionSettings, *, max_wait: float | None = None) -> None:
-        self.protocol = CerebraformProtocol(settings, max_wait=max_wait)
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        max_wait: float | None = None,
+        pacer: KeyPacer | None = None,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.protocol = CerebraformProtocol(settings, max_wait=max_wait, pacer=pacer, rng=rng)
 
     def __repr__(self) -> str:
         return f"CerebraformAsyncClient({self.protocol!r})"
 
-    async def submit(
-        self,
-        kind: GenerationKind | str,
-        prompt: str,
-        *,
-        image_url: str | None = None,
-        aspect_ratio: str | None = None,
-        duration: int | None = None,
-    ) -> str:
-        return await self._run(
-            self.protocol.submit(
-                kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
-            )
-        )
+    async def submit(self, submission: Submission) -> str:
+        return await self._run(self.protocol.submit(submission))
 
     async def get_status(self, kind: GenerationKind | str, request_id: str) -> TaskState:
         return await self._run(self.protocol.status(kind, request_id))

@@ -18,6 +18,8 @@ Retry rules:
   (pacing plus 429s) add up to at most ``max_wait`` seconds; a longer wait raises
   :class:`CerebraformRateLimitError` with ``retry_after`` so an operator can defer instead of
   holding a worker slot.
+
+:class:`RetryPolicy` holds these waits and limits; media downloads (``media.py``) follow the same one.
 """
 
 from __future__ import annotations
@@ -50,12 +52,13 @@ from airflow_provider_cerebraform.models import (
     ConnectionSettings,
     GenerationKind,
     MediaItem,
+    Submission,
     TaskResult,
     TaskState,
     TaskStatus,
 )
 from airflow_provider_cerebraform.pacing import KeyPacer, pacer_for
-from airflow_provider_cerebraform.validation import build_submission, validate_kind, validate_request_id
+from airflow_provider_cerebraform.validation import validate_kind, validate_request_id
 
 T = TypeVar("T")
 
@@ -128,6 +131,65 @@ Outcome = HttpResponse | TransportFailure | None
 Conversation = Generator[Step, Outcome, T]
 
 
+class RetryPolicy:
+    """
+    The one retry policy: how long to wait before the next try, and when to stop.
+
+    Transient failures (5xx, connection errors, timeouts, cut bodies) wait an exponential backoff
+    with jitter, up to ``max_retries`` of them. A 429 waits ``Retry-After`` (else the body's
+    ``retry_after``, else the backoff), up to ``MAX_RATE_LIMITED_ANSWERS`` answers in a row, and
+    all waits of one call add up to at most ``max_wait`` seconds (None: no cap).
+
+    :param settings: the connection's settings (``max_retries``, ``retry_backoff``).
+    :param max_wait: the most seconds one call may wait in-process.
+    :param rng: a source of floats in [0, 1) for jitter.
+    """
+
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        max_wait: float | None = 60.0,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.max_retries = settings.max_retries
+        self.retry_backoff = settings.retry_backoff
+        self.max_wait = max_wait
+        self._rng = rng
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter: between half and all of base * 2^(attempt-1), capped."""
+        ceiling = min(BACKOFF_CAP, self.retry_backoff * 2 ** (attempt - 1))
+        return ceiling * (0.5 + self._rng() / 2)
+
+    def wait_left(self, waited: float) -> float | None:
+        return None if self.max_wait is None else max(0.0, self.max_wait - waited)
+
+    def retry_after(self, response: HttpResponse, answers: int) -> float:
+        """
+        Retry-After header first, then the body's retry_after, then the backoff. A value that is
+        not a finite number is ignored, and none waits longer than ``MAX_RETRY_AFTER`` (a bogus
+        ``inf`` or ``1e400`` would otherwise park a trigger for ever).
+        """
+        header = response.headers.get("retry-after", "").strip()
+        try:
+            seconds = float(header)
+        except ValueError:
+            seconds = math.nan
+        if math.isfinite(seconds):
+            return min(MAX_RETRY_AFTER, max(0.0, seconds))
+        body = _json_object(response.body)
+        value = body.get("retry_after") if body else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return min(MAX_RETRY_AFTER, max(0.0, float(value)))
+        return self.backoff(answers)
+
+    def rate_limit_exceeded(self, wait: float, answers: int, waited: float) -> bool:
+        """True when the ``answers``-th 429 in a row, asking for ``wait`` s, is reported, not waited out."""
+        wait_left = self.wait_left(waited)
+        return answers >= MAX_RATE_LIMITED_ANSWERS or (wait_left is not None and wait > wait_left)
+
+
 @functools.cache
 def user_agent() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -165,7 +227,7 @@ class CerebraformProtocol:
         self.settings = settings
         self.max_wait = max_wait
         self.pacer = pacer or pacer_for(settings)
-        self._rng = rng
+        self.retry = RetryPolicy(settings, max_wait=max_wait, rng=rng)
         self.headers = {"User-Agent": user_agent(), "Accept": "application/json"}
         if settings.api_key:
             self.headers["Authorization"] = f"Bearer {settings.api_key}"
@@ -178,41 +240,29 @@ class CerebraformProtocol:
 
     # -- the calls -------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        kind: GenerationKind | str,
-        prompt: str,
-        *,
-        image_url: str | None = None,
-        aspect_ratio: str | None = None,
-        duration: int | None = None,
-    ) -> Conversation[str]:
-        """Create a task; answers its request_id. Validates every parameter before anything is sent."""
-        generation_kind, payload = build_submission(
-            kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
-        )
-        request = ApiRequest(
-            "POST", generation_kind.path, f"submit {generation_kind.value}", Bucket.CREATE, payload
-        )
+    def submit(self, submission: Submission) -> Conversation[str]:
+        """Create a task; answers its request_id. ``submission`` comes validated from ``build_submission``."""
+        kind, payload = submission
+        request = ApiRequest("POST", kind.path, f"submit {kind.value}", Bucket.CREATE, dict(payload))
         return self._exchange(request, lambda response: self._parse_submit(request, response))
 
     def status(self, kind: GenerationKind | str, request_id: str) -> Conversation[TaskState]:
-        generation_kind, rid = validate_kind(kind), validate_request_id(request_id)
-        request = ApiRequest(
-            "GET", f"{generation_kind.path}/status/{rid}", f"status {generation_kind.value}", Bucket.POLL
-        )
-        return self._exchange(
-            request, lambda response: self._parse_status(request, generation_kind, rid, response)
-        )
+        return self._task_get("status", kind, request_id, self._parse_status)
 
     def result(self, kind: GenerationKind | str, request_id: str) -> Conversation[TaskResult]:
+        return self._task_get("result", kind, request_id, self._parse_result)
+
+    def _task_get(
+        self,
+        what: str,
+        kind: GenerationKind | str,
+        request_id: str,
+        parse: Callable[[ApiRequest, GenerationKind, str, HttpResponse], T],
+    ) -> Conversation[T]:
         generation_kind, rid = validate_kind(kind), validate_request_id(request_id)
-        request = ApiRequest(
-            "GET", f"{generation_kind.path}/result/{rid}", f"result {generation_kind.value}", Bucket.POLL
-        )
-        return self._exchange(
-            request, lambda response: self._parse_result(request, generation_kind, rid, response)
-        )
+        path = f"{generation_kind.path}/{what}/{rid}"
+        request = ApiRequest("GET", path, f"{what} {generation_kind.value}", Bucket.POLL)
+        return self._exchange(request, lambda response: parse(request, generation_kind, rid, response))
 
     def credits(self) -> Conversation[int]:
         request = ApiRequest("GET", "/ai/v1/user/credits", "credits", Bucket.POLL)
@@ -226,12 +276,12 @@ class CerebraformProtocol:
         transient_retries = 0
         rate_limited_answers = 0
         while True:
-            reservation = window.reserve(self._wait_left(waited))
+            reservation = window.reserve(self.retry.wait_left(waited))
             if not reservation.admitted:
                 raise self._paced_out(request, reservation.delay)
             delay = reservation.delay
             while delay > 0:
-                wait_left = self._wait_left(waited)
+                wait_left = self.retry.wait_left(waited)
                 if wait_left is not None and delay > wait_left:
                     window.cancel(reservation)
                     raise self._paced_out(request, delay)
@@ -248,60 +298,30 @@ class CerebraformProtocol:
                 ):
                     raise self._transport_error(request, outcome, transient_retries)
                 transient_retries += 1
-                yield Sleep(self._backoff(transient_retries))
+                yield Sleep(self.retry.backoff(transient_retries))
                 continue
             assert outcome is not None
             if outcome.status_code == 429:
                 rate_limited_answers += 1
-                wait = self._retry_after(outcome, rate_limited_answers)
+                wait = self.retry.retry_after(outcome, rate_limited_answers)
                 window.on_rate_limited(wait)
-                wait_left = self._wait_left(waited)
-                if rate_limited_answers >= MAX_RATE_LIMITED_ANSWERS or (
-                    wait_left is not None and wait > wait_left
-                ):
+                if self.retry.rate_limit_exceeded(wait, rate_limited_answers, waited):
                     raise self._error(request, outcome, retry_after=wait)
                 # Retry-After is when the window opens; the pacer queues this call behind it.
                 continue
             retry_5xx = not request.creates_task and transient_retries < self.settings.max_retries
             if outcome.status_code >= 500 and retry_5xx:
                 transient_retries += 1
-                yield Sleep(self._backoff(transient_retries))
+                yield Sleep(self.retry.backoff(transient_retries))
                 continue
             if 200 <= outcome.status_code < 300:
                 window.on_success()
                 return parse(outcome)
             raise self._error(request, outcome)
 
-    def _wait_left(self, waited: float) -> float | None:
-        return None if self.max_wait is None else max(0.0, self.max_wait - waited)
-
     @staticmethod
     def _may_retry_failure(request: ApiRequest, failure: TransportFailure) -> bool:
         return failure.kind is FailureKind.CONNECT or not request.creates_task
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: between half and all of base * 2^(attempt-1), capped."""
-        ceiling = min(BACKOFF_CAP, self.settings.retry_backoff * 2 ** (attempt - 1))
-        return ceiling * (0.5 + self._rng() / 2)
-
-    def _retry_after(self, response: HttpResponse, answers: int) -> float:
-        """
-        Retry-After header first, then the body's retry_after, then the backoff. A value that is
-        not a finite number is ignored, and none waits longer than ``MAX_RETRY_AFTER`` (a bogus
-        ``inf`` or ``1e400`` would otherwise park a trigger for ever).
-        """
-        header = response.headers.get("retry-after", "").strip()
-        try:
-            seconds = float(header)
-        except ValueError:
-            seconds = math.nan
-        if math.isfinite(seconds):
-            return min(MAX_RETRY_AFTER, max(0.0, seconds))
-        body = _json_object(response.body)
-        value = body.get("retry_after") if body else None
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            return min(MAX_RETRY_AFTER, max(0.0, float(value)))
-        return self._backoff(answers)
 
     # -- answers -> values or typed errors -------------------------------------------------------
 

@@ -3,8 +3,10 @@ Moving generated media into object storage: streamed, checked, never half-writte
 
 Each file is downloaded in chunks (memory stays bounded whatever its size) to a temporary name next
 to its destination while its sha256 and size are computed, and moved to the final name only when
-complete. Transient failures are retried; a URL that has expired (403/404/410) is replaced once by
-fetching the result again (``api-open-questions.md`` #14). Media URLs get no API key: they may point
+complete. Transient failures and 429s are retried by the protocol's one
+:class:`~airflow_provider_cerebraform.core.RetryPolicy` (backoff with jitter, ``Retry-After``, the
+same limits as API calls); a URL that has expired (403/404/410) is replaced once by fetching the
+result again (``api-open-questions.md`` #14). Media URLs get no API key: they may point
 anywhere, and the key is only ever sent to the API's own host.
 """
 
@@ -22,6 +24,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from airflow_provider_cerebraform.core import HttpResponse
 from airflow_provider_cerebraform.exceptions import CerebraformMediaError, CerebraformValidationError
 
 if TYPE_CHECKING:
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
 
+    from airflow_provider_cerebraform.core import RetryPolicy
     from airflow_provider_cerebraform.models import MediaItem, TaskResult
 
 CHUNK_SIZE = 1024 * 1024
@@ -72,6 +76,12 @@ class _Expired(Exception):
 
 class _Transient(Exception):
     pass
+
+
+class _RateLimited(Exception):
+    def __init__(self, response: HttpResponse) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
 
 
 def as_storage_path(output: Any) -> ObjectStoragePath:
@@ -165,36 +175,30 @@ class MediaDownloader:
     """
     Streams the media of one finished task into a folder of object storage.
 
-    :param session: an HTTP session for the downloads (no API key on it).
+    :param open_media: starts streaming a URL (the client's ``open_media``: no API key on it).
     :param refetch_result: returns the task's result again, for fresh URLs when one has expired.
-    :param timeout: seconds for connecting and for each read.
+    :param policy: the retry policy (backoff, ``Retry-After``, limits) of the connection.
     :param max_bytes: the largest file accepted; a larger one fails and leaves nothing behind.
-    :param max_retries: retries of a download that failed for a transient reason.
-    :param retry_backoff: base seconds of the exponential backoff between those retries.
-    :param verify_ssl: verify TLS certificates of the media hosts (the connection's setting).
     :param log: where progress is reported.
+    :param sleep: waits between tries.
     """
 
     def __init__(
         self,
-        session: requests.Session,
+        open_media: Callable[[str], requests.Response],
         refetch_result: Callable[[], TaskResult],
         *,
-        timeout: float = 60.0,
+        policy: RetryPolicy,
         max_bytes: int = DEFAULT_MAX_BYTES,
-        max_retries: int = 3,
-        retry_backoff: float = 1.0,
-        verify_ssl: bool = True,
         log: Logger,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.session = session
+        self.open_media = open_media
         self.refetch_result = refetch_result
-        self.timeout = timeout
+        self.policy = policy
         self.max_bytes = max_bytes
-        self.max_retries = max_retries
-        self.retry_backoff = retry_backoff
-        self.verify_ssl = verify_ssl
         self.log = log
+        self.sleep = sleep
         self._refetched = False
 
     def store_all(self, result: TaskResult, folder: ObjectStoragePath, file_name: str) -> list[ManifestEntry]:
@@ -211,7 +215,8 @@ class MediaDownloader:
         self, result: TaskResult, index: int, folder: ObjectStoragePath, pattern: str
     ) -> ManifestEntry:
         item = result.items[index]
-        failures = 0
+        failures = rate_limited = 0
+        waited = 0.0
         while True:
             try:
                 return self._download(result, index, item, folder, pattern)
@@ -235,27 +240,45 @@ class MediaDownloader:
                     ) from None
                 item = result.items[index]
                 check_media_url(item.url)
+            except _RateLimited as limited:
+                rate_limited += 1
+                delay = self.policy.retry_after(limited.response, rate_limited)
+                if self.policy.rate_limit_exceeded(delay, rate_limited, waited):
+                    raise CerebraformMediaError(
+                        f"Downloading media {index} of {result.request_id}: rate-limited {rate_limited} "
+                        f"times; the next try would be in {delay:.0f} s, past the in-process wait limit."
+                    ) from None
+                waited += delay
+                self.log.warning("Download of media %d rate-limited; retrying in %.1f s", index, delay)
+                self.sleep(delay)
             except _Transient as error:
                 failures += 1
-                if failures > self.max_retries:
+                if failures > self.policy.max_retries:
                     raise CerebraformMediaError(
                         f"Downloading media {index} of {result.request_id} failed {failures} times: {error}"
                     ) from None
-                delay = self.retry_backoff * 2 ** (failures - 1)
+                delay = self.policy.backoff(failures)
                 self.log.warning("Download of media %d failed (%s); retrying in %.1f s", index, error, delay)
-                time.sleep(delay)
+                self.sleep(delay)
 
     def _download(
         self, result: TaskResult, index: int, item: MediaItem, folder: ObjectStoragePath, pattern: str
     ) -> ManifestEntry:
         try:
-            response = self.session.get(item.url, stream=True, timeout=self.timeout, verify=self.verify_ssl)
+            response = self.open_media(item.url)
         except requests.RequestException as error:
             raise _Transient(type(error).__name__) from None
         with response:
             if response.status_code in EXPIRED_STATUSES:
                 raise _Expired(f"HTTP {response.status_code}")
-            if response.status_code >= 500 or response.status_code == 429:
+            if response.status_code == 429:
+                headers = {key.lower(): value for key, value in response.headers.items()}
+                try:
+                    body = next(response.iter_content(4096), b"")  # bounded: the body may be anything
+                except requests.RequestException:
+                    body = b""
+                raise _RateLimited(HttpResponse(429, headers, body))
+            if response.status_code >= 500:
                 raise _Transient(f"HTTP {response.status_code}")
             if response.status_code != 200:
                 raise CerebraformMediaError(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class GenerationKind(str, Enum):
@@ -50,6 +51,37 @@ class TaskStatus(IntEnum):
     @property
     def is_known(self) -> bool:
         return self._name_ in type(self).__members__
+
+
+class Submission(NamedTuple):
+    """
+    One validated submission, as :func:`~airflow_provider_cerebraform.validation.build_submission`
+    returns it and every layer (hook, client, protocol) takes it.
+
+    :param kind: image or video.
+    :param payload: the JSON body to send: ``prompt`` and the optional fields that are set.
+    """
+
+    kind: GenerationKind
+    payload: dict[str, Any]
+
+    def fingerprint(self, conn_id: str) -> str:
+        """What a retry compares to know it is the same request to the same connection."""
+        text = json.dumps([conn_id, self.kind.value, self.payload], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+class UncertainSubmissionPolicy(str, Enum):
+    """
+    What a retry does when an earlier try may have paid for a task whose id it never learned (the
+    worker died between sending the POST and recording the answer, or the service forgot the id).
+
+    ``fail``: fail without submitting, so nothing is paid twice; a person checks the account.
+    ``resubmit``: submit again, accepting that the generation may be paid twice.
+    """
+
+    FAIL = "fail"
+    RESUBMIT = "resubmit"
 
 
 class Tier(str, Enum):

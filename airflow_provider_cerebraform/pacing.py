@@ -164,10 +164,6 @@ class SlidingWindow:
                 self._decreased_at = now
             self.paused_until = max(self.paused_until, now + retry_after)
 
-    def is_paused(self) -> bool:
-        """True while a 429's pause lasts; a caller that woke up inside it reserves again."""
-        return self._clock() < self.paused_until
-
 
 class KeyPacer:
     """The windows of one key: creation and polling per tier, or the single anonymous window."""

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from airflow_provider_cerebraform.exceptions import CerebraformValidationError
-from airflow_provider_cerebraform.models import GenerationKind
+from airflow_provider_cerebraform.models import GenerationKind, Submission, UncertainSubmissionPolicy
 
 MAX_PROMPT_LENGTH = 1000
 VIDEO_DURATIONS = (5, 10)
@@ -121,8 +121,8 @@ def build_submission(
     image_url: Any = None,
     aspect_ratio: Any = None,
     duration: Any = None,
-) -> tuple[GenerationKind, dict[str, Any]]:
-    """Validate every parameter of a submission and return the kind and the JSON body to send."""
+) -> Submission:
+    """Validate every parameter of a submission; the result holds the kind and the JSON body to send."""
     generation_kind = validate_kind(kind)
     payload: dict[str, Any] = {"prompt": validate_prompt(prompt)}
     optional = {
@@ -131,7 +131,40 @@ def build_submission(
         "duration": validate_duration(generation_kind, duration),
     }
     payload.update({name: value for name, value in optional.items() if value is not None})
-    return generation_kind, payload
+    return Submission(generation_kind, payload)
+
+
+def as_submission(
+    kind: Any,
+    prompt: Any = None,
+    *,
+    image_url: Any = None,
+    aspect_ratio: Any = None,
+    duration: Any = None,
+) -> Submission:
+    """``kind`` if it is a :class:`Submission` (and nothing else is given), else one built from the rest."""
+    if isinstance(kind, Submission):
+        if (prompt, image_url, aspect_ratio, duration) != (None, None, None, None):
+            raise CerebraformValidationError(
+                "Pass either a Submission or its parameters (prompt, image_url, aspect_ratio, "
+                "duration), not both.",
+                endpoint="validation",
+            )
+        return kind
+    return build_submission(kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration)
+
+
+def validate_uncertain_policy(policy: Any) -> UncertainSubmissionPolicy:
+    if isinstance(policy, UncertainSubmissionPolicy):
+        return policy
+    try:
+        return UncertainSubmissionPolicy(str(policy).strip().lower())
+    except ValueError:
+        raise _fail(
+            "on_uncertain_submission",
+            policy,
+            "expected " + " or ".join(repr(member.value) for member in UncertainSubmissionPolicy),
+        ) from None
 
 
 def validate_literals(**params: Any) -> None:

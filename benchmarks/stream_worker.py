@@ -1,6 +1,7 @@
 """
-The child process of the streaming benchmark: one ``MediaDownloader.store_all`` per request, with this
-process's peak RSS measured around it. Run by :class:`benchmarks.common.Worker`.
+The child process of the streaming benchmark: one ``CerebraformHook.store_media`` (which runs
+``MediaDownloader.store_all``) per request, with this process's peak RSS measured around it.
+Run by :class:`benchmarks.common.Worker`.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ def _transfer(message: dict[str, Any]) -> dict[str, Any]:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
-    from airflow_provider_cerebraform.media import MediaDownloader
 
     hook = CerebraformHook(message["conn_id"])
     kind, request_id = message["kind"], message["request_id"]
     result = hook.get_result(kind, request_id)
-    settings = hook.get_conn().protocol.settings
     folder = ObjectStoragePath(message["dest"])
     # Warm the storage path (an S3 client loads its service model on first use; Airflow loads its
     # lineage plugins on the first open): the baseline is a worker that has written to this storage
@@ -32,17 +31,10 @@ def _transfer(message: dict[str, Any]) -> dict[str, Any]:
     with warm.open("wb") as sink:
         sink.write(b"warm")
     warm.unlink()
-    downloader = MediaDownloader(
-        hook.get_conn().session,
-        lambda: hook.get_result(kind, request_id),
-        timeout=settings.timeout,
-        max_retries=settings.max_retries,
-        retry_backoff=settings.retry_backoff,
-        log=logging.getLogger("benchmarks.streaming"),
-    )
+    log = logging.getLogger("benchmarks.streaming")
     peak = PeakRss()
     cpu, began = cpu_seconds(), time.perf_counter()
-    entries = downloader.store_all(result, folder, "{request_id}_{index}{ext}")
+    entries = hook.store_media(result, folder, "{request_id}_{index}{ext}", log=log)
     seconds = time.perf_counter() - began
     return {
         "seconds": seconds,

@@ -85,3 +85,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
             return value
         assert time.monotonic() < deadline, "condition not met before the deadline"
         time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pacers() -> Iterator[None]:
+    """
+    Hooks built inside operators and triggers use the process-wide pacer of their key, as in a
+    worker; every test starts and ends without pacing state. Tests that build clients pass their own.
+    """
+    from airflow_provider_cerebraform.pacing import reset_pacers
+
+    reset_pacers()
+    yield
+    reset_pacers()

@@ -311,16 +311,6 @@ def stream_file(path: str, limit: int | None = None) -> Iterator[bytes]:
             yield piece
 
 
-def mp4_duration(path: str) -> float:
-    """Return the duration in seconds from an MP4's ``mvhd`` box (used by tests and docs examples).
-
-    :param path: the MP4 file.
-    """
-    with open(path, "rb") as handle:
-        data = handle.read()
-    return mp4_duration_bytes(data)
-
-
 def mp4_duration_bytes(data: bytes) -> float:
     """Return the duration in seconds from MP4 bytes (``moov/mvhd``).
 

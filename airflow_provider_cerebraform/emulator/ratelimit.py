@@ -35,19 +35,6 @@ class SlidingWindow:
         # The request is admitted once all but limit-1 of the recorded ones left the window.
         return times[len(times) - limit] + window - now
 
-    def count(self, now: float, window: float) -> int:
-        """Return how many admitted requests are inside the window.
-
-        :param now: the current time (monotonic seconds).
-        :param window: window length in (real) seconds.
-        """
-        self._prune(now, window)
-        return len(self._times)
-
-    def clear(self) -> None:
-        """Forget every recorded request."""
-        self._times.clear()
-
 
 def retry_after_seconds(wait: float) -> int:
     """Round a wait up to whole seconds, at least 1, as ``Retry-After`` requires.

@@ -262,7 +262,7 @@ class RequestHandler(BaseHTTPRequestHandler):
             path, _, query = raw.partition("?")
             path = path.split("#", 1)[0]
         group, handler = self._route(path, query)
-        self.state.count_request(group)
+        self.state.count_request(group, self.headers)
         try:
             body = self._read_body()
             handler(body)
@@ -281,18 +281,9 @@ class RequestHandler(BaseHTTPRequestHandler):
     def _route(self, path: str, query: str) -> tuple[str, Any]:
         method = self.command
 
-        def allow(*methods: str) -> None:
-            if method not in methods:
-                raise ApiError(
-                    405,
-                    "method_not_allowed",
-                    f"Method {method} is not allowed here; use {', '.join(methods)}.",
-                    headers={"Allow": ", ".join(methods)},
-                )
-
         def guarded(group: str, *methods: str, handler: Any) -> tuple[str, Any]:
             def run(body: bytes) -> None:
-                allow(*methods)
+                _allow(method, methods)
                 handler(body)
 
             return group, run
@@ -505,14 +496,7 @@ class RequestHandler(BaseHTTPRequestHandler):
         task_match = _TASK_CONTROL_RE.fullmatch(path)
         if task_match is None and name not in routes:
             raise ApiError(404, "not_found", "Unknown control endpoint.")
-        methods = ("POST",) if task_match else routes[name]
-        if method not in methods:
-            raise ApiError(
-                405,
-                "method_not_allowed",
-                f"Method {method} is not allowed here; use {', '.join(methods)}.",
-                headers={"Allow": ", ".join(methods)},
-            )
+        _allow(method, ("POST",) if task_match else routes[name])
         body: Any = parse_json(raw) if raw.strip() else {}
         try:
             if task_match:
@@ -668,3 +652,14 @@ class CerebraformEmulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _allow(method: str, methods: tuple[str, ...]) -> None:
+    """Refuse a method the endpoint does not take with 405 and its ``Allow`` header."""
+    if method not in methods:
+        raise ApiError(
+            405,
+            "method_not_allowed",
+            f"Method {method} is not allowed here; use {', '.join(methods)}.",
+            headers={"Allow": ", ".join(methods)},
+        )

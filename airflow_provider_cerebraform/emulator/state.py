@@ -28,6 +28,8 @@ DEFAULT_FAIL_MESSAGE = "Generation failed: prompt flagged by content policy (emu
 RANDOM_FAIL_MESSAGE = "Generation failed: the model crashed (emulated random failure)"
 ADMIN_FAIL_MESSAGE = "Generation failed (emulated: failed by the emulator's admin endpoint)"
 HOUR, MINUTE, DAY = 3600.0, 60.0, 86400.0
+#: Request headers whose values ``stats()["client_headers"]`` counts (never ``Authorization``).
+COUNTED_HEADERS = ("User-Agent", "Accept")
 #: Endpoint groups always listed in ``stats()["requests"]`` (others appear once seen).
 API_GROUPS = ("submit", "status", "result", "credits", "media")
 
@@ -149,6 +151,7 @@ class EmulatorState:
         self.faults: list[FaultRule] = []
         self.rng = random.Random(config.seed)
         self.requests: Counter[str] = Counter()
+        self.client_headers: dict[str, Counter[str]] = {name: Counter() for name in COUNTED_HEADERS}
         self.responses: Counter[int] = Counter()
         self.rate_limited: Counter[str] = Counter()
         self.faults_injected: Counter[str] = Counter()
@@ -176,6 +179,8 @@ class EmulatorState:
             self.faults = []
             self.rng = random.Random(config.seed)
             self.requests.clear()
+            for counter in self.client_headers.values():
+                counter.clear()
             self.responses.clear()
             self.rate_limited.clear()
             self.faults_injected.clear()
@@ -425,13 +430,17 @@ class EmulatorState:
 
     # -- counters --------------------------------------------------------------------------------
 
-    def count_request(self, group: str) -> None:
-        """Count a request of an endpoint group.
+    def count_request(self, group: str, headers: Any = None) -> None:
+        """Count a request of an endpoint group and, for API groups, its client headers.
 
         :param group: endpoint group.
+        :param headers: the request's headers; the values of :data:`COUNTED_HEADERS` are counted.
         """
         with self.lock:
             self.requests[group] += 1
+            if headers is not None and group in API_GROUPS:
+                for name in COUNTED_HEADERS:
+                    self.client_headers[name][headers.get(name, "")] += 1
 
     def count_response(self, code: int | str) -> None:
         """Count a response by status code (or ``"dropped"``).
@@ -496,6 +505,7 @@ class EmulatorState:
                 "responses": {str(code): n for code, n in self.responses.items()},
                 "rate_limited": dict(self.rate_limited),
                 "faults_injected": dict(self.faults_injected),
+                "client_headers": {name: dict(counter) for name, counter in self.client_headers.items()},
                 "credits": {a.label: a.credits for a in accounts},
                 "keys": {a.label: {"tier": a.tier, "credits": a.credits} for a in accounts},
                 "tasks": [self.task_view(t, now) for t in self.tasks.values()],

@@ -8,11 +8,16 @@ from airflow.sdk import BaseHook
 
 from airflow_provider_cerebraform.client import CerebraformAsyncClient, CerebraformClient
 from airflow_provider_cerebraform.exceptions import CerebraformError, CerebraformValidationError
-from airflow_provider_cerebraform.models import ConnectionSettings, Tier
+from airflow_provider_cerebraform.media import DEFAULT_FILE_NAME, DEFAULT_MAX_BYTES, MediaDownloader
+from airflow_provider_cerebraform.models import ConnectionSettings, Submission, Tier
+from airflow_provider_cerebraform.validation import as_submission
 
 if TYPE_CHECKING:
-    from airflow.sdk import Connection
+    from logging import Logger
 
+    from airflow.sdk import Connection, ObjectStoragePath
+
+    from airflow_provider_cerebraform.media import ManifestEntry
     from airflow_provider_cerebraform.models import GenerationKind, TaskResult, TaskState
 
 DEFAULT_BASE_URL = "https://cerebraform.com"
@@ -163,17 +168,22 @@ class CerebraformHook(BaseHook):
 
     def submit(
         self,
-        kind: GenerationKind | str,
-        prompt: str,
+        kind: GenerationKind | str | Submission,
+        prompt: str | None = None,
         *,
         image_url: str | None = None,
         aspect_ratio: str | None = None,
         duration: int | None = None,
     ) -> str:
-        """Create an image or video task (paid) and return its request_id."""
-        return self.get_conn().submit(
+        """
+        Create an image or video task (paid) and return its request_id. Pass either a
+        :class:`~airflow_provider_cerebraform.models.Submission` from ``build_submission`` or its
+        parameters (``kind``, ``prompt``, ``image_url``, ``aspect_ratio``, ``duration``).
+        """
+        submission = as_submission(
             kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
         )
+        return self.get_conn().submit(submission)
 
     def get_status(self, kind: GenerationKind | str, request_id: str) -> TaskState:
         return self.get_conn().get_status(kind, request_id)
@@ -184,19 +194,50 @@ class CerebraformHook(BaseHook):
     def get_credits(self) -> int:
         return self.get_conn().get_credits()
 
+    def store_media(
+        self,
+        result: TaskResult,
+        folder: ObjectStoragePath,
+        file_name: str = DEFAULT_FILE_NAME,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        log: Logger | None = None,
+    ) -> list[ManifestEntry]:
+        """
+        Stream every media file of a finished task into ``folder`` and write its manifest there.
+        Downloads follow the connection's retry policy (backoff with jitter, ``Retry-After``, limits)
+        and its TLS setting; a URL that has expired is replaced once by fetching the result again.
+
+        :param result: the finished task's result.
+        :param folder: where the files and ``<request_id>.manifest.json`` go.
+        :param file_name: the file-name pattern (see ``CerebraformResultOperator``).
+        :param max_bytes: the largest file accepted.
+        :param log: where progress is reported (default: the hook's log).
+        """
+        client = self.get_conn()
+        downloader = MediaDownloader(
+            client.open_media,
+            lambda: self.get_result(result.kind, result.request_id),
+            policy=client.protocol.retry,
+            max_bytes=max_bytes,
+            log=log or self.log,
+        )
+        return downloader.store_all(result, folder, file_name)
+
     async def asubmit(
         self,
-        kind: GenerationKind | str,
-        prompt: str,
+        kind: GenerationKind | str | Submission,
+        prompt: str | None = None,
         *,
         image_url: str | None = None,
         aspect_ratio: str | None = None,
         duration: int | None = None,
     ) -> str:
-        client = await self.aget_conn()
-        return await client.submit(
+        """The non-blocking :meth:`submit`."""
+        submission = as_submission(
             kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
         )
+        return await (await self.aget_conn()).submit(submission)
 
     async def aget_status(self, kind: GenerationKind | str, request_id: str) -> TaskState:
         return await (await self.aget_conn()).get_status(kind, request_id)

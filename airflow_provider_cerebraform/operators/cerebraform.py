@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 from typing import TYPE_CHECKING, Any
@@ -12,20 +10,23 @@ import pendulum
 from airflow.sdk import Asset, BaseOperator
 
 from airflow_provider_cerebraform.exceptions import (
+    CerebraformError,
     CerebraformInsufficientCreditsError,
+    CerebraformNotFoundError,
     CerebraformRateLimitError,
+    CerebraformSubmissionUncertainError,
     CerebraformTimeoutError,
 )
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
 from airflow_provider_cerebraform.media import (
     DEFAULT_FILE_NAME,
     DEFAULT_MAX_BYTES,
-    MediaDownloader,
     as_storage_path,
     manifest_for_xcom,
     validate_destination,
 )
-from airflow_provider_cerebraform.models import TaskStatus
+from airflow_provider_cerebraform.models import TaskStatus, UncertainSubmissionPolicy
+from airflow_provider_cerebraform.submissions import SUBMISSION_KEY, SubmissionRecord, submission_store
 from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finished, raise_for_event
 from airflow_provider_cerebraform.validation import (
     build_submission,
@@ -33,6 +34,7 @@ from airflow_provider_cerebraform.validation import (
     validate_kind,
     validate_literals,
     validate_request_id,
+    validate_uncertain_policy,
 )
 
 if TYPE_CHECKING:
@@ -41,13 +43,17 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_cerebraform.models import GenerationKind, TaskState
+    from airflow_provider_cerebraform.submissions import SubmissionRecordStore
 
-#: Key in ``task_state_store`` that remembers the submission across retries of one task instance.
-SUBMISSION_KEY = "cerebraform_submission"
+__all__ = [
+    "SUBMISSION_KEY",
+    "CerebraformGenerateOperator",
+    "CerebraformResultOperator",
+    "CerebraformSubmitOperator",
+]
+
 #: Key that remembers when the first 429 of this task instance deferred it, for ``max_rate_limit_wait``.
 RATE_LIMITED_SINCE_KEY = "cerebraform_rate_limited_since"
-
-_warned_no_state_store = False
 
 
 class CerebraformSubmitOperator(BaseOperator):
@@ -55,9 +61,12 @@ class CerebraformSubmitOperator(BaseOperator):
     Submits an image or video generation and returns its ``request_id`` (so ``.output`` feeds the
     sensor or the result operator); the id is also pushed to XCom under ``request_id``.
 
-    Retry-safe: the request is remembered in the task state store right after the service accepts
-    it, so a retry of the same task instance reconnects to it instead of paying again (unless it
-    failed, or the inputs changed). When the rate limit asks for a longer wait than the hook will
+    Retry-safe: an intent is recorded in the task state store right before the POST and the
+    request id right after the service accepts it, so a retry of the same task instance reconnects
+    to it instead of paying again (unless it failed, or the inputs or the connection changed). A
+    retry that finds the intent without an id (the worker died between the POST and the record,
+    or the service no longer knows the id) cannot know whether it paid, and follows
+    ``on_uncertain_submission``. When the rate limit asks for a longer wait than the hook will
     hold a worker for, the task defers on a timer for ``Retry-After`` plus jitter and tries again,
     for up to ``max_rate_limit_wait`` seconds in all.
 
@@ -70,6 +79,10 @@ class CerebraformSubmitOperator(BaseOperator):
     :param max_rate_limit_wait: seconds this task may spend deferred on rate limits before failing.
     :param max_in_process_wait: seconds one submission may hold the worker waiting for the rate limit
         (client pacing and ``Retry-After``); a longer wait defers instead.
+    :param on_uncertain_submission: what a retry does when an earlier try may have paid without
+        learning the request id: ``"fail"`` (default: fail, submit nothing) or ``"resubmit"``
+        (submit again, which may pay twice) (templated, e.g. from a Variable, so that it can be
+        changed for one clear without editing the DAG).
     :param cerebraform_conn_id: the Cerebraform connection.
     """
 
@@ -80,6 +93,7 @@ class CerebraformSubmitOperator(BaseOperator):
         "aspect_ratio",
         "duration",
         "min_credits",
+        "on_uncertain_submission",
     )
     ui_color = "#d6c8ff"
 
@@ -94,6 +108,7 @@ class CerebraformSubmitOperator(BaseOperator):
         min_credits: int | None = None,
         max_rate_limit_wait: float = 24 * 3600.0,
         max_in_process_wait: float = 60.0,
+        on_uncertain_submission: UncertainSubmissionPolicy | str = UncertainSubmissionPolicy.FAIL.value,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
@@ -101,6 +116,10 @@ class CerebraformSubmitOperator(BaseOperator):
         validate_literals(
             kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
         )
+        if not is_rendered_later(on_uncertain_submission):
+            # The plain value: a template field is rendered with str(), which spells an Enum member's name.
+            on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission).value
+        self.on_uncertain_submission = on_uncertain_submission
         self.prompt = prompt
         self.kind = kind
         self.image_url = image_url
@@ -109,7 +128,6 @@ class CerebraformSubmitOperator(BaseOperator):
         self.min_credits = min_credits
         self.max_rate_limit_wait = max_rate_limit_wait
         self.max_in_process_wait = max_in_process_wait
-        self._reconnected_state: TaskState | None = None
         self.cerebraform_conn_id = cerebraform_conn_id
 
     @property
@@ -117,56 +135,112 @@ class CerebraformSubmitOperator(BaseOperator):
         return CerebraformHook(self.cerebraform_conn_id, max_rate_limit_wait=self.max_in_process_wait)
 
     def execute(self, context: Context) -> Any:
-        return self._continue_after_submit(context, self._submit(context))
+        return self._continue_after_submit(context, *self._submit(context))
 
     def execute_after_rate_limit(self, context: Context, event: Any = None) -> Any:
         """Where a task deferred by a 429 comes back: it tries the submission again."""
         return self.execute(context)
 
-    def _continue_after_submit(self, context: Context, request_id: str) -> Any:
+    def _continue_after_submit(
+        self, context: Context, request_id: str, reconnected: TaskState | None = None
+    ) -> Any:
+        """After the submission; ``reconnected`` is the state found when a retry reconnected."""
         return request_id
 
-    def _submit(self, context: Context) -> str:
-        kind, payload = build_submission(
+    def _submit(self, context: Context) -> tuple[str, TaskState | None]:
+        """Submit, or reconnect to an earlier try's request: its id, and its state if reconnected."""
+        submission = build_submission(
             self.kind,
             self.prompt,
             image_url=self.image_url,
             aspect_ratio=self.aspect_ratio,
             duration=self.duration,
         )
+        self.on_uncertain_submission = validate_uncertain_policy(self.on_uncertain_submission)
         hook = self.hook
-        store = _state_store(context, self.log)
-        fingerprint = hashlib.sha256(json.dumps([kind.value, payload], sort_keys=True).encode()).hexdigest()
-        request_id = self._reconnect(hook, store, kind, fingerprint)
-        if request_id is None:
+        records = submission_store(context, self.log)
+        fingerprint = submission.fingerprint(self.cerebraform_conn_id)
+        found = self._reconnect(hook, records, submission.kind, fingerprint)
+        if found is not None:
+            request_id, state = found
+        else:
+            state = None
             self._check_credits(hook)
+            hook.get_conn()  # a missing connection fails here, before any intent is recorded
+            intent = SubmissionRecord(fingerprint, time.time())
+            if records is not None:
+                records.put(intent)
             try:
-                request_id = hook.submit(kind, **payload)
-            except CerebraformRateLimitError as error:
-                self._defer_for_rate_limit(store, error)
-            if store is not None:
-                store.set(SUBMISSION_KEY, {"request_id": request_id, "fingerprint": fingerprint})
-                store.delete(RATE_LIMITED_SINCE_KEY)
-            self.log.info("Submitted %s task %s", kind.value, request_id)
+                request_id = hook.submit(submission)
+            except CerebraformSubmissionUncertainError:
+                raise  # the intent stays: a retry will know it may have paid
+            except CerebraformError as error:
+                if records is not None:
+                    records.delete()  # refused for certain: nothing was created or paid
+                if isinstance(error, CerebraformRateLimitError):
+                    self._defer_for_rate_limit(context.get("task_state_store"), error)
+                raise
+            if records is not None:
+                records.put(intent.answered(request_id))
+                if context.get("task_state_store") is not None:
+                    context["task_state_store"].delete(RATE_LIMITED_SINCE_KEY)
+            self.log.info("Submitted %s task %s", submission.kind.value, request_id)
         context["ti"].xcom_push(key="request_id", value=request_id)
-        return request_id
+        return request_id, state
 
     def _reconnect(
-        self, hook: CerebraformHook, store: Any, kind: GenerationKind, fingerprint: str
-    ) -> str | None:
-        remembered = store.get(SUBMISSION_KEY) if store is not None else None
-        if not isinstance(remembered, dict) or remembered.get("fingerprint") != fingerprint:
+        self,
+        hook: CerebraformHook,
+        records: SubmissionRecordStore | None,
+        kind: GenerationKind,
+        fingerprint: str,
+    ) -> tuple[str, TaskState] | None:
+        """The earlier try's request and its state, or None to submit (after ``on_uncertain_submission``)."""
+        record = records.get() if records is not None else None
+        if record is None or record.fingerprint != fingerprint:
             return None
-        request_id = remembered["request_id"]
-        state = hook.get_status(kind, request_id)
-        self._reconnected_state = state
+        assert records is not None
+        if record.request_id is None:
+            self._on_uncertain(
+                records,
+                f"An earlier try of this task sent the submission at {_utc(record.intent_at)} and has no "
+                "request id for it (its worker may have stopped right after the POST, or the service no "
+                "longer knew the id): it may have created and paid for a task.",
+            )
+            return None
+        try:
+            state = hook.get_status(kind, record.request_id)
+        except CerebraformNotFoundError:
+            self.log.warning(
+                "The service does not know the earlier try's request %s (HTTP 404); forgetting it.",
+                record.request_id,
+            )
+            records.put(record.answered(None))
+            self._on_uncertain(
+                records,
+                f"The earlier try's request {record.request_id}, submitted at {_utc(record.intent_at)}, "
+                "was paid for but the service no longer knows it (HTTP 404).",
+            )
+            return None
         if state.status is TaskStatus.FAILED:
             self.log.warning(
-                "The earlier try's task %s failed (%s); submitting again", request_id, state.message
+                "The earlier try's task %s failed (%s); submitting again", record.request_id, state.message
             )
             return None
         self.log.info("Reconnecting to %s from an earlier try instead of paying again", state.describe())
-        return request_id
+        return record.request_id, state
+
+    def _on_uncertain(self, records: SubmissionRecordStore, what: str) -> None:
+        """Apply ``on_uncertain_submission``: raise, or log and let the caller submit again."""
+        if self.on_uncertain_submission is UncertainSubmissionPolicy.RESUBMIT:
+            self.log.warning("%s Submitting again (on_uncertain_submission='resubmit').", what)
+            return
+        raise CerebraformSubmissionUncertainError(
+            f"{what} Nothing was submitted, so nothing is paid twice. Check the account's tasks and "
+            "credits; to submit again anyway, set on_uncertain_submission='resubmit' (or clear the "
+            f"task state store key {SUBMISSION_KEY!r}).",
+            endpoint="submit",
+        )
 
     def _check_credits(self, hook: CerebraformHook) -> None:
         if self.min_credits is None:
@@ -232,18 +306,13 @@ class _ResultDelivery:
         if self.output_location is None:
             self.log.info("Task %s produced %d media file(s)", request_id, len(result.items))
             return result.urls
-        settings = hook.get_conn().protocol.settings
-        downloader = MediaDownloader(
-            hook.get_conn().session,
-            lambda: hook.get_result(kind, request_id),
-            timeout=settings.timeout,
+        entries = hook.store_media(
+            result,
+            as_storage_path(self.output_location),
+            self.file_name,
             max_bytes=int(self.max_bytes),
-            max_retries=settings.max_retries,
-            retry_backoff=settings.retry_backoff,
-            verify_ssl=settings.verify_ssl,
             log=self.log,
         )
-        entries = downloader.store_all(result, as_storage_path(self.output_location), self.file_name)
         manifest = manifest_for_xcom(entries)
         for outlet in self.outlets or []:
             if isinstance(outlet, Asset):
@@ -344,10 +413,11 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
         self._check_destination()  # before paying for a generation that could not be stored
         return super().execute(context)
 
-    def _continue_after_submit(self, context: Context, request_id: str) -> Any:
+    def _continue_after_submit(
+        self, context: Context, request_id: str, reconnected: TaskState | None = None
+    ) -> Any:
         kind = validate_kind(self.kind).value
-        reconnected = self._reconnected_state
-        if reconnected is not None and reconnected.request_id == request_id and reconnected.is_done:
+        if reconnected is not None and reconnected.is_done:
             # A retry that found its generation finished stores it now: deferring a task whose
             # trigger fires at once races the old try's exit in Airflow 3.3 (apache/airflow#72716).
             return self._deliver(context, kind, request_id)
@@ -365,13 +435,5 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
         return self._deliver(context, finished["kind"], finished["request_id"])
 
 
-def _state_store(context: Context, log: Any) -> Any:
-    """The task state store (Airflow 3.3+), or None with a one-time warning on older versions."""
-    global _warned_no_state_store
-    store = context.get("task_state_store")  # type: ignore[call-overload]
-    if store is None and not _warned_no_state_store:
-        _warned_no_state_store = True
-        log.warning(
-            "This Airflow has no task_state_store: a retry of a submit task may submit (and pay) again."
-        )
-    return store
+def _utc(epoch: float) -> str:
+    return pendulum.from_timestamp(epoch, tz="UTC").to_iso8601_string()

@@ -7,13 +7,9 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSensorTimeout
 
-from airflow_provider_cerebraform.exceptions import CerebraformTaskFailedError
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
-from airflow_provider_cerebraform.triggers.cerebraform import (
-    TRANSIENT_ERRORS,
-    defer_until_finished,
-    raise_for_event,
-)
+from airflow_provider_cerebraform.polling import TRANSIENT_ERRORS, StatusPoller, state_event
+from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finished, raise_for_event
 from airflow_provider_cerebraform.validation import validate_kind, validate_literals, validate_request_id
 
 if TYPE_CHECKING:
@@ -21,18 +17,25 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-    from airflow_provider_cerebraform.models import TaskState
+#: Key in ``task_state_store`` of the polling errors in a row of the current try (reschedule mode).
+POLL_ERRORS_KEY = "cerebraform_poll_errors"
+#: What the sensor returns (XCom) of the finished wait, the same values as the trigger's event.
+RESULT_KEYS = ("request_id", "kind", "message", "status", "task_status")
 
 
 class CerebraformTaskSensor(BaseSensorOperator):
     """
-    Waits until a Cerebraform task is done and returns its status (``status``, ``message``,
-    ``request_id``, ``kind``) through XCom.
+    Waits until a Cerebraform task is done and returns (XCom) the same values as the trigger's
+    event: ``status`` (``"done"``), ``task_status`` (the API's integer, 2), ``message``,
+    ``request_id`` and ``kind``.
 
     Deferrable by default: the wait runs in the triggerer and holds no worker slot. With
-    ``deferrable=False`` it pokes in ``mode="poke"`` or ``mode="reschedule"`` with the same outcomes.
+    ``deferrable=False`` it pokes in ``mode="poke"`` or ``mode="reschedule"`` with the same outcomes,
+    decided by the same :class:`~airflow_provider_cerebraform.polling.StatusPoller` as the trigger.
     A failed task (-1) fails the sensor with the API's message and is not retried (the same request
-    stays failed); running out of ``timeout`` raises the sensor timeout.
+    stays failed); running out of ``timeout`` raises the sensor timeout. ``max_consecutive_errors``
+    counts transient polling errors in a row within one try: in ``mode="reschedule"`` the count is
+    kept in the task state store across reschedules, and a retry of the task starts a new count.
 
     :param request_id: the task to wait for (templated; usually the submit operator's ``.output``).
     :param kind: ``"image"`` or ``"video"`` (templated).
@@ -64,7 +67,7 @@ class CerebraformTaskSensor(BaseSensorOperator):
         self.poll_interval = poll_interval
         self.deferrable = deferrable
         self.max_consecutive_errors = max_consecutive_errors
-        self._errors_in_a_row = 0
+        self._errors_in_a_row: int | None = None
 
     def execute(self, context: Context) -> Any:
         kind, request_id = validate_kind(self.kind).value, validate_request_id(self.request_id)
@@ -77,7 +80,7 @@ class CerebraformTaskSensor(BaseSensorOperator):
             self.log.warning("Polling failed (%s); deferring the wait to the triggerer", error.message)
         else:
             if state.status.is_terminal:
-                return self._finish(state)
+                return self.execute_complete(context, state_event(state))
             self.log.info("Cerebraform %s; deferring the wait to the triggerer", state.describe())
         defer_until_finished(
             self,
@@ -91,19 +94,18 @@ class CerebraformTaskSensor(BaseSensorOperator):
 
     def poke(self, context: Context) -> PokeReturnValue:
         try:
-            state = CerebraformHook(self.cerebraform_conn_id).get_status(self.kind, self.request_id)
+            outcome: Any = CerebraformHook(self.cerebraform_conn_id).get_status(self.kind, self.request_id)
         except TRANSIENT_ERRORS as error:
-            self._errors_in_a_row += 1
-            if self._errors_in_a_row > self.max_consecutive_errors:
-                raise
-            self.log.warning(
-                "Polling failed (%d in a row tolerated): %s", self._errors_in_a_row, error.message
-            )
-            return PokeReturnValue(is_done=False)
-        self._errors_in_a_row = 0
-        if state.status.is_terminal:
-            return PokeReturnValue(is_done=True, xcom_value=self._finish(state))
-        self.log.info("Cerebraform %s", state.describe())
+            outcome = error
+        errors_before = self._errors_so_far(context)
+        poll = StatusPoller(self.max_consecutive_errors).after(outcome, errors_before)
+        self._remember_errors(context, errors_before, poll.errors_in_a_row)
+        if poll.warning:
+            self.log.warning("Polling failed (%s)", poll.warning)
+        if poll.event is not None:
+            return PokeReturnValue(is_done=True, xcom_value=self.execute_complete(context, poll.event))
+        if poll.state is not None:
+            self.log.info("Cerebraform %s", poll.state.describe())
         return PokeReturnValue(is_done=False)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -114,19 +116,33 @@ class CerebraformTaskSensor(BaseSensorOperator):
             finished["request_id"],
             finished["message"],
         )
-        return {key: finished[key] for key in ("request_id", "kind", "message")} | {
-            "status": finished["task_status"]
-        }
+        return {key: finished.get(key) for key in RESULT_KEYS}
 
-    def _finish(self, state: TaskState) -> dict[str, Any]:
-        if state.is_failed:
-            raise CerebraformTaskFailedError(
-                f"Cerebraform {state.describe()}", request_id=state.request_id, api_message=state.message
+    def _errors_so_far(self, context: Context) -> int:
+        """Transient errors in a row so far in this try; in reschedule mode, read back from the store."""
+        if self._errors_in_a_row is None:
+            self._errors_in_a_row = 0
+            store = self._errors_store(context)
+            saved = store.get(POLL_ERRORS_KEY) if store is not None else None
+            if isinstance(saved, dict) and saved.get("try_number") == context["ti"].try_number:
+                self._errors_in_a_row = int(saved.get("errors", 0))
+        return self._errors_in_a_row
+
+    def _remember_errors(self, context: Context, before: int, errors: int) -> None:
+        self._errors_in_a_row = errors
+        store = self._errors_store(context)
+        if store is not None and errors != before:
+            store.set(POLL_ERRORS_KEY, {"try_number": context["ti"].try_number, "errors": errors})
+
+    def _errors_store(self, context: Context) -> Any:
+        """Where the count outlives this object: only needed when each poke is a new task run."""
+        if self.mode != "reschedule":
+            return None
+        store = context.get("task_state_store")  # type: ignore[call-overload]
+        if store is None and not getattr(type(self), "_warned_no_store", False):
+            type(self)._warned_no_store = True  # type: ignore[attr-defined]
+            self.log.warning(
+                "This Airflow has no task_state_store: in mode='reschedule' max_consecutive_errors "
+                "applies within one poke only."
             )
-        self.log.info("Cerebraform %s", state.describe())
-        return {
-            "request_id": state.request_id,
-            "kind": state.kind.value,
-            "message": state.message,
-            "status": int(state.status),
-        }
+        return store

@@ -9,22 +9,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_cerebraform.exceptions import (
-    CerebraformError,
-    CerebraformRateLimitError,
-    CerebraformServerError,
-    CerebraformTaskFailedError,
-    CerebraformTransportError,
-)
-from airflow_provider_cerebraform.models import GenerationKind, TaskState, TaskStatus
+from airflow_provider_cerebraform.exceptions import CerebraformError, CerebraformTaskFailedError
+from airflow_provider_cerebraform.models import GenerationKind, TaskStatus
+from airflow_provider_cerebraform.polling import TRANSIENT_ERRORS, StatusPoller, wait_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from airflow.sdk import BaseOperator
 
-#: Errors that may clear up on their own; anything else ends the wait at once.
-TRANSIENT_ERRORS = (CerebraformServerError, CerebraformTransportError, CerebraformRateLimitError)
+__all__ = ["TRANSIENT_ERRORS", "CerebraformTaskTrigger", "defer_until_finished", "raise_for_event"]
 
 
 class CerebraformTaskTrigger(BaseTrigger):
@@ -97,44 +91,27 @@ class CerebraformTaskTrigger(BaseTrigger):
         from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
 
         client = await CerebraformHook(self.cerebraform_conn_id).aget_conn()
+        poller = StatusPoller(self.max_consecutive_errors)
         errors = 0
         last_status: TaskStatus | None = None
         while True:
             try:
-                state = await client.get_status(self.kind, self.request_id)
+                outcome = await client.get_status(self.kind, self.request_id)
             except TRANSIENT_ERRORS as error:
-                errors += 1
-                if errors > self.max_consecutive_errors:
-                    raise
-                self.log.warning(
-                    "Polling %s (%d of %d tolerated in a row): %s",
-                    self.request_id,
-                    errors,
-                    self.max_consecutive_errors,
-                    error.message,
-                )
-            else:
-                errors = 0
-                if state.status is not last_status:
-                    last_status = state.status
-                    self.log.info("Cerebraform %s", state.describe())
-                if state.status.is_terminal:
-                    return self._state_event(state)
+                outcome = error
+            poll = poller.after(outcome, errors)
+            errors = poll.errors_in_a_row
+            if poll.warning:
+                self.log.warning("Polling %s (%s)", self.request_id, poll.warning)
+            elif poll.state is not None and poll.state.status is not last_status:
+                last_status = poll.state.status
+                self.log.info("Cerebraform %s", poll.state.describe())
+            if poll.event is not None:
+                return poll.event
             await asyncio.sleep(self.poll_interval)
 
-    def _state_event(self, state: TaskState) -> dict[str, Any]:
-        outcome = "done" if state.is_done else "failed"
-        return self._event(outcome, state.message, task_status=int(state.status))
-
     def _event(self, status: str, message: str | None, **extra: Any) -> dict[str, Any]:
-        return {
-            "status": status,
-            "request_id": self.request_id,
-            "kind": self.kind,
-            "message": message,
-            "task_status": None,
-            **extra,
-        }
+        return wait_event(status, self.kind, self.request_id, message, **extra)
 
 
 def raise_for_event(event: dict[str, Any] | None, *, on_timeout: type[Exception]) -> dict[str, Any]:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, BaseHook, task
 
+from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
 from airflow_provider_cerebraform.operators.cerebraform import (
     CerebraformGenerateOperator,
     CerebraformResultOperator,
@@ -86,6 +88,62 @@ def _dag(dag_id: str, **kwargs: Any) -> DAG:
         **kwargs,
     )
 
+
+# -- a worker killed with SIGKILL between the submit's answer and the record of its request id ----------
+
+#: Set (to anything) in the process that runs the first try: that process kills itself right there.
+KILL_AFTER_SUBMIT_ENV = "CEREBRAFORM_FAULT_KILL_AFTER_SUBMIT"
+KILL_PROMPT = "killed: a moth at a lamp"
+
+
+class _KilledAfterAnswerHook(CerebraformHook):
+    def submit(self, *args: Any, **kwargs: Any) -> str:
+        request_id = super().submit(*args, **kwargs)
+        if os.environ.get(KILL_AFTER_SUBMIT_ENV):
+            # The POST was answered; the record of its id is not written yet: the worker dies here.
+            os.kill(os.getpid(), signal.SIGKILL)
+        return request_id
+
+
+class KilledAfterSubmitAnswer(CerebraformSubmitOperator):
+    """A submit operator whose worker is killed (``kill -9``) right after the service answered the POST."""
+
+    @property
+    def hook(self) -> CerebraformHook:
+        return _KilledAfterAnswerHook(self.cerebraform_conn_id, max_rate_limit_wait=self.max_in_process_wait)
+
+
+def _killed_submit(policy: str) -> DAG:
+    with _dag(f"cerebraform_fault_killed_submit_{policy}", default_args={**DEFAULTS, "retries": 1}) as dag:
+        KilledAfterSubmitAnswer(task_id="submit", prompt=KILL_PROMPT, on_uncertain_submission=policy)
+    return dag
+
+
+killed_submit_fail = _killed_submit("fail")
+killed_submit_resubmit = _killed_submit("resubmit")
+
+# -- a remembered request the service no longer knows (404) ------------------------------------------
+
+FORGOTTEN_PROMPT = "forgotten: a paper lantern"
+
+
+class SubmitThenFailOnce(CerebraformSubmitOperator):
+    """Submits (the request id is recorded), then fails its first try."""
+
+    def execute(self, context: Any) -> Any:
+        request_id = super().execute(context)
+        if context["ti"].try_number == 1:
+            raise RuntimeError(f"the first try fails after submitting {request_id} (test)")
+        return request_id
+
+
+with _dag("cerebraform_fault_forgotten_request") as forgotten_request:
+    SubmitThenFailOnce(
+        task_id="submit",
+        prompt=FORGOTTEN_PROMPT,
+        # Templated: a Variable changes the policy for one clear, without editing the DAG.
+        on_uncertain_submission="{{ var.value.get('cerebraform_on_uncertain_submission', 'fail') }}",
+    )
 
 # -- status polls: 5xx bursts and latency beyond the request timeout, in the trigger and in a sensor --
 

@@ -164,6 +164,32 @@ def _sensors() -> DAG:
 
 sensors = _sensors()
 
+
+def _sensor_error_budget() -> DAG:
+    """Two poking sensors (poke, reschedule) whose every poll fails: the budget must end both."""
+    with DAG(
+        "cerebraform_test_sensor_error_budget",
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        default_args=DEFAULTS,
+        params={"request_id": "unset"},
+    ) as dag:
+        for mode in ("poke", "reschedule"):
+            CerebraformTaskSensor(
+                task_id=f"sensor_{mode}",
+                request_id="{{ params.request_id }}",
+                poll_interval=0.1,
+                timeout=30,
+                deferrable=False,
+                mode=mode,
+                max_consecutive_errors=2,
+            )
+    return dag
+
+
+sensor_error_budget = _sensor_error_budget()
+
 # -- retry safety and the credit guard --------------------------------------------------------------
 
 
@@ -183,7 +209,7 @@ class GenerateThenCrashOnce(CerebraformGenerateOperator):
     worker "dies" before deferring. The retry finds it done and stores it without deferring.
     """
 
-    def _continue_after_submit(self, context: Any, request_id: str) -> Any:
+    def _continue_after_submit(self, context: Any, request_id: str, reconnected: Any = None) -> Any:
         if context["ti"].try_number == 1:
             from airflow_provider_cerebraform.emulator import EmulatorAdmin, EmulatorAdminError
 
@@ -194,7 +220,7 @@ class GenerateThenCrashOnce(CerebraformGenerateOperator):
                 if error.status != 409:  # 409: it had already finished on its own
                     raise
             raise RuntimeError(f"worker lost before deferring {request_id} (test)")
-        return super()._continue_after_submit(context, request_id)
+        return super()._continue_after_submit(context, request_id, reconnected)
 
 
 def _retry() -> DAG:

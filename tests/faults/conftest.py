@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from conftest import AIRFLOW_HOME
 
-from airflow_provider_cerebraform.pacing import reset_pacers
-
 from .harness import FAULT_KEY, LEDGER
 
 if TYPE_CHECKING:
@@ -89,12 +87,10 @@ def _balance(admin: EmulatorAdmin) -> int:
 def fault_emulator(
     cerebraform_emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[FaultEmulator]:
-    reset_pacers()
     cerebraform_emulator.admin.add_key(FAULT_KEY, "paid", 1000)
     emulator = FaultEmulator(cerebraform_emulator, monkeypatch)
     emulator.connect()
     yield emulator
-    reset_pacers()
 
 
 # -- the key scan ---------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from airflow_provider_cerebraform.core import CerebraformProtocol, HttpResponse,
 from airflow_provider_cerebraform.exceptions import CerebraformError
 from airflow_provider_cerebraform.models import ConnectionSettings, TaskResult, TaskState, Tier
 from airflow_provider_cerebraform.pacing import KeyPacer
+from airflow_provider_cerebraform.validation import build_submission
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -112,7 +113,7 @@ retry_after = st.one_of(
 
 def conversations(proto: CerebraformProtocol) -> dict[str, tuple[Conversation[Any], type | tuple[type, ...]]]:
     return {
-        "submit": (proto.submit("image", "a prompt"), str),
+        "submit": (proto.submit(build_submission("image", "a prompt")), str),
         "status": (proto.status("video", "abc123"), TaskState),
         "result": (proto.result("image", "abc123"), TaskResult),
         "credits": (proto.credits(), int),

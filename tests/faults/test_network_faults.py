@@ -50,7 +50,7 @@ def test_status_5xx_bursts_and_timeouts_do_not_end_the_wait(
     assert len(run.task("generate").return_value) == 1  # the URLs of the finished task
     for sensor in ("sensor_poke", "sensor_deferred"):
         sensed = run.task(sensor).return_value
-        assert sensed["status"] == 2 and sensed["request_id"] == run.task("submit").return_value
+        assert sensed["status"] == "done" and sensed["request_id"] == run.task("submit").return_value
     stats = record_emulator(fault_emulator.admin)
     # Each arm's 503s all fired; its two late answers came first, on the same requests.
     assert stats["faults_injected"] == {"status:error": 15}

@@ -196,9 +196,6 @@ def test_tls_is_verified_by_default_and_turning_it_off_warns(
     both connect, and the hook logs a warning that TLS verification is off (Airflow's structured
     log goes to the task log: stdout here).
     """
-    from airflow_provider_cerebraform.pacing import reset_pacers
-
-    reset_pacers()
     refused = r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"
     _tls_connection(monkeypatch, tls_server)
     with pytest.raises(CerebraformTransportError, match=refused):

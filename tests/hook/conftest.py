@@ -22,7 +22,6 @@ from conftest import wait_for as shared_wait_for
 
 from airflow_provider_cerebraform.emulator import key_label
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
-from airflow_provider_cerebraform.pacing import reset_pacers
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -33,14 +32,6 @@ if TYPE_CHECKING:
 #: Backoff base for the hook tests: retries stay real but take milliseconds.
 FAST_BACKOFF = 0.02
 TRANSPORTS = ("sync", "async")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pacers() -> Iterator[None]:
-    """Pacing state is process-wide: start and leave every test without any."""
-    reset_pacers()
-    yield
-    reset_pacers()
 
 
 def conn_env(conn_id: str) -> str:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -31,7 +29,7 @@ from airflow_provider_cerebraform.models import Bucket, Tier
 from .conftest import HookCalls, api_counts, balance, emulator_connection, set_connection
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
 
@@ -204,55 +202,24 @@ async def test_invalid_extras_raise_a_validation_error_naming_the_field(
 # -- on the wire -----------------------------------------------------------------------------------
 
 
-class _Recorder(BaseHTTPRequestHandler):
-    seen: list[dict[str, str]]
-
-    def do_GET(self) -> None:
-        self.seen.append(dict(self.headers.items()))
-        body = json.dumps({"credits": 7}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def recording_server() -> Iterator[tuple[str, list[dict[str, str]]]]:
-    """A loopback HTTP server that records request headers (the emulator does not keep them)."""
-    seen: list[dict[str, str]] = []
-    handler = type("Recorder", (_Recorder,), {"seen": seen})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 @pytest.mark.parametrize("transport", ["sync", "async"])
 async def test_requests_carry_the_user_agent_and_bearer_key(
-    recording_server: tuple[str, list[dict[str, str]]], monkeypatch: pytest.MonkeyPatch, transport: str
+    cerebraform_emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch, transport: str
 ) -> None:
     from importlib.metadata import version
 
-    url, seen = recording_server
-    set_connection(monkeypatch, "cerebraform_rec", host=url, password=SECRET)
+    emulator = cerebraform_emulator
+    emulator.admin.add_key(SECRET, "paid", 7)  # only this key's balance is 7: the bearer key was sent
+    set_connection(monkeypatch, "cerebraform_rec", host=emulator.url, password=SECRET)
 
     assert await HookCalls(CerebraformHook("cerebraform_rec"), transport).credits() == 7
 
-    (headers,) = seen
-    agent = headers["User-Agent"]
+    headers = emulator.admin.stats()["client_headers"]
+    ((agent, count),) = headers["User-Agent"].items()
+    assert count == 1
     assert f"airflow-provider-cerebraform/{version('airflow-provider-cerebraform')}" in agent
     assert f"apache-airflow/{version('apache-airflow')}" in agent
-    assert headers["Authorization"] == f"Bearer {SECRET}"
-    assert headers["Accept"] == "application/json"
+    assert headers["Accept"] == {"application/json": 1}
 
 
 # -- the key never shows ---------------------------------------------------------------------------

@@ -51,6 +51,11 @@ BAD_LITERALS: list[tuple[str, type[Any], dict[str, Any]]] = [
     ),
     ("file_name", CerebraformResultOperator, {"request_id": GOOD_ID, "file_name": "/abs/{index}{ext}"}),
     ("file_name", CerebraformResultOperator, {"request_id": GOOD_ID, "file_name": "{nope}.png"}),
+    (
+        "on_uncertain_submission",
+        CerebraformSubmitOperator,
+        {"prompt": "a cat", "on_uncertain_submission": "retry"},
+    ),
     ("kind", CerebraformGenerateOperator, {"kind": "audio", "prompt": "a cat"}),
     ("duration", CerebraformGenerateOperator, {"kind": "video", "prompt": "a cat", "duration": 7}),
     ("output", CerebraformGenerateOperator, {"prompt": "a cat", "output": "relative"}),

@@ -17,20 +17,12 @@ import pytest
 from cerebraform_dagtest import run_dag
 from PIL import Image
 
-from airflow_provider_cerebraform.pacing import reset_pacers
-
 if TYPE_CHECKING:
     from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
 
 DEV_KEY_CREDITS = 1000
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pacers() -> None:
-    """Every test starts with no client-side pacing state left over from another test."""
-    reset_pacers()
 
 
 def local_path(url: str) -> Path:
@@ -82,7 +74,8 @@ def test_submit_sensor_result_pipeline_stores_real_media_locally(
         "request_id": request_id,
         "kind": "image",
         "message": "Task completed.",
-        "status": 2,
+        "status": "done",
+        "task_status": 2,
     }
     manifest = run.task("store").return_value
     (png,) = check_delivered(manifest, folder, "image")

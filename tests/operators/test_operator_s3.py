@@ -14,8 +14,6 @@ import requests
 from cerebraform_dagtest import run_dag
 from s3 import MotoServer
 
-from airflow_provider_cerebraform.pacing import reset_pacers
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
@@ -39,7 +37,6 @@ def test_pipeline_writes_media_and_manifest_to_s3(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    reset_pacers()
     cerebraform_emulator.admin.configure(images_per_task=2)
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", moto_server.connection_json())
     s3 = moto_server.client()

@@ -13,8 +13,6 @@ from typing import TYPE_CHECKING
 import pytest
 from cerebraform_dagtest import DagOutcome, run_dag
 
-from airflow_provider_cerebraform.pacing import reset_pacers
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
@@ -25,11 +23,6 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 MODES = ("deferred", "poke", "reschedule")
 FAIL_MESSAGE = "upstream model crashed (sensor test)"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pacers() -> None:
-    reset_pacers()
 
 
 def run_sensors(
@@ -89,7 +82,8 @@ def test_done_returns_the_status_in_every_mode(
             "request_id": request_id,
             "kind": "image",
             "message": "Task completed.",
-            "status": 2,
+            "status": "done",  # the trigger event's value, in every mode
+            "task_status": 2,
         }
         # It really waited: the job was still running at the first poll.
         assert polls[request_id] >= 2, (mode, polls[request_id])
@@ -141,3 +135,30 @@ def test_a_job_that_never_finishes_times_the_sensor_out_in_every_mode(
     assert run.task("sensor_reschedule").reschedules >= 1
     # The jobs are still queued or running: the sensors stopped waiting, the jobs did not end.
     assert [task["status"] in (0, 1) for task in cerebraform_emulator.admin.stats()["tasks"]] == [True] * 3
+
+
+def test_the_error_budget_ends_the_wait_in_poke_and_reschedule_mode(
+    cerebraform_emulator: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    Every status poll answers 503 and the client does not retry (retry_limit=0): with
+    max_consecutive_errors=2 each sensor fails on its third poll with the server error, in
+    reschedule mode too, where each poke is a new task run (the count lives in the task state store).
+    """
+    emulator = cerebraform_emulator
+    monkeypatch.setenv("AIRFLOW_CONN_CEREBRAFORM_DEFAULT", emulator.connection_json(retry_limit=0))
+    emulator.admin.configure(image_seconds=3600.0)
+    from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
+
+    request_id = CerebraformHook().submit("image", "a harbour that never finishes")
+    emulator.admin.set_faults({"endpoint": "status", "error_rate": 1.0, "status": 503})
+    run = run_dag(
+        "cerebraform_test_sensor_error_budget", tmp_path / "records", monkeypatch, request_id=request_id
+    )
+    assert run.state == "failed"
+    for mode in ("poke", "reschedule"):
+        (failure,) = run.failures_of(f"sensor_{mode}")
+        assert failure["type"] == "CerebraformServerError", (mode, failure)
+        assert "503" in failure["message"]
+    assert run.task("sensor_reschedule").reschedules == 2  # two tolerated errors, one reschedule each
+    assert emulator.admin.task(request_id)["polls"] == 0  # every poll was refused by the fault

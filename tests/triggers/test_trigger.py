@@ -22,7 +22,6 @@ import pytest
 import requests
 
 from airflow_provider_cerebraform.emulator import FaultRule
-from airflow_provider_cerebraform.pacing import reset_pacers
 from airflow_provider_cerebraform.triggers.cerebraform import CerebraformTaskTrigger
 
 if TYPE_CHECKING:
@@ -35,13 +34,6 @@ if TYPE_CHECKING:
 FAIL_MESSAGE = "the renderer ran out of GPUs (trigger test)"
 FREE_KEY = "cf-free-key-shared-budget"
 SHARED_TRIGGERS = 64
-
-
-@pytest.fixture(autouse=True)
-def _fresh_pacers() -> Iterator[None]:
-    reset_pacers()
-    yield
-    reset_pacers()
 
 
 def submit(emulator: EmulatorHandle, prompt: str, *, key: str | None = None, kind: str = "image") -> str:

@@ -24,6 +24,7 @@ from airflow_provider_cerebraform.exceptions import (
 )
 from airflow_provider_cerebraform.models import ConnectionSettings, TaskStatus, Tier
 from airflow_provider_cerebraform.pacing import KeyPacer
+from airflow_provider_cerebraform.validation import build_submission
 
 KEY = "sk-test-protocol-secret"
 
@@ -38,6 +39,10 @@ class Clock:
         return self.now
 
 
+#: The clock of the protocol a test builds last (tests build and drive one at a time).
+CLOCK = Clock()
+
+
 def protocol(max_wait: float | None = 60.0, **settings) -> CerebraformProtocol:
     values = {
         "base_url": "http://api.test",
@@ -47,10 +52,10 @@ def protocol(max_wait: float | None = 60.0, **settings) -> CerebraformProtocol:
         **settings,
     }
     config = ConnectionSettings(**values)
-    clock = Clock()
-    p = CerebraformProtocol(config, max_wait=max_wait, pacer=KeyPacer(config, clock=clock), rng=lambda: 0.0)
-    p.test_clock = clock
-    return p
+    CLOCK.now = 0.0
+    return CerebraformProtocol(
+        config, max_wait=max_wait, pacer=KeyPacer(config, clock=CLOCK), rng=lambda: 0.0
+    )
 
 
 def answer(status: int, body: object, headers: dict[str, str] | None = None) -> HttpResponse:
@@ -59,7 +64,6 @@ def answer(status: int, body: object, headers: dict[str, str] | None = None) -> 
 
 def drive(conversation, outcomes):
     """Play the conversation: answer each Send with the next outcome, let each Sleep pass; record steps."""
-    clock = conversation.gi_frame.f_locals["self"].test_clock
     steps, outcomes = [], list(outcomes)
     reply = None
     while True:
@@ -69,7 +73,7 @@ def drive(conversation, outcomes):
             return finished.value, steps
         steps.append(step)
         if isinstance(step, Sleep):
-            clock.now += step.seconds
+            CLOCK.now += step.seconds
         reply = outcomes.pop(0) if isinstance(step, Send) else None
 
 
@@ -79,7 +83,8 @@ def sends(steps):
 
 def test_submit_sends_the_validated_body_and_returns_the_id():
     value, steps = drive(
-        protocol().submit("video", "river", duration=10), [answer(201, {"request_id": "r1"})]
+        protocol().submit(build_submission("video", "river", duration=10)),
+        [answer(201, {"request_id": "r1"})],
     )
     assert value == "r1"
     (send,) = sends(steps)
@@ -89,25 +94,28 @@ def test_submit_sends_the_validated_body_and_returns_the_id():
 
 def test_200_without_request_id_is_a_response_error():
     with pytest.raises(CerebraformResponseError, match=r"submit image.*no request_id"):
-        drive(protocol().submit("image", "x"), [answer(200, {"id": "r1"})])
+        drive(protocol().submit(build_submission("image", "x")), [answer(200, {"id": "r1"})])
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_submit_is_never_retried_after_a_5xx(status):
     with pytest.raises(CerebraformSubmissionUncertainError, match="may have been created") as raised:
-        drive(protocol().submit("image", "x"), [answer(status, {"code": status, "msg": "boom"})])
+        drive(
+            protocol().submit(build_submission("image", "x")),
+            [answer(status, {"code": status, "msg": "boom"})],
+        )
     assert raised.value.http_status == status
 
 
 @pytest.mark.parametrize("kind", [FailureKind.TIMEOUT, FailureKind.DISCONNECTED])
 def test_submit_is_never_retried_after_the_request_may_have_arrived(kind):
     with pytest.raises(CerebraformSubmissionUncertainError):
-        drive(protocol().submit("image", "x"), [TransportFailure(kind, "read timed out")])
+        drive(protocol().submit(build_submission("image", "x")), [TransportFailure(kind, "read timed out")])
 
 
 def test_submit_is_retried_after_a_connect_error():
     value, steps = drive(
-        protocol().submit("image", "x"),
+        protocol().submit(build_submission("image", "x")),
         [TransportFailure(FailureKind.CONNECT, "refused"), answer(201, {"request_id": "r2"})],
     )
     assert value == "r2"
@@ -158,13 +166,13 @@ def test_429_falls_back_to_the_body_then_to_backoff():
 
 def test_submit_is_retried_on_429():
     outcomes = [answer(429, {}, {"retry-after": "1"}), answer(201, {"request_id": "r9"})]
-    assert drive(protocol().submit("image", "x"), outcomes)[0] == "r9"
+    assert drive(protocol().submit(build_submission("image", "x")), outcomes)[0] == "r9"
 
 
 def test_429_longer_than_the_in_process_cap_raises_with_retry_after():
     with pytest.raises(CerebraformRateLimitError) as raised:
         drive(
-            protocol(max_wait=60).submit("image", "x"),
+            protocol(max_wait=60).submit(build_submission("image", "x")),
             [answer(429, {"msg": "slow down"}, {"retry-after": "52"})] * 2,
         )
     # 52 s fits in the 60 s cap once; the second 52 s would not.
@@ -182,8 +190,8 @@ def test_without_a_cap_the_trigger_waits_as_long_as_asked():
 def test_pacing_refuses_before_sending_when_the_slot_is_too_far():
     p = protocol(max_wait=5.0, tier=Tier.FREE)
     for number in range(10):
-        drive(p.submit("image", f"p{number}"), [answer(201, {"request_id": f"r{number}"})])
-    conversation = p.submit("image", "eleventh")
+        drive(p.submit(build_submission("image", f"p{number}")), [answer(201, {"request_id": f"r{number}"})])
+    conversation = p.submit(build_submission("image", "eleventh"))
     with pytest.raises(CerebraformRateLimitError, match="free tier's create limit") as raised:
         drive(conversation, [])
     assert raised.value.retry_after > 3500

@@ -15,7 +15,7 @@ import os
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG
 
@@ -68,8 +68,8 @@ class HeldSubmitOperator(CerebraformSubmitOperator):
     ``<run_id>.release`` in ``$CF_REAL_AIRFLOW_SIGNALS``: the window in which a test kills the worker.
     """
 
-    def _submit(self, context: Context) -> str:
-        request_id = super()._submit(context)
+    def _submit(self, context: Context) -> tuple[str, Any]:
+        request_id, reconnected = super()._submit(context)
         if context["ti"].try_number == 1:
             signals = Path(os.environ["CF_REAL_AIRFLOW_SIGNALS"])
             run_id = context["run_id"]
@@ -78,7 +78,7 @@ class HeldSubmitOperator(CerebraformSubmitOperator):
             deadline = time.monotonic() + HOLD_SECONDS
             while not (signals / f"{run_id}.release").exists() and time.monotonic() < deadline:
                 time.sleep(0.1)
-        return request_id
+        return request_id, reconnected
 
 
 with DAG(
