@@ -169,8 +169,9 @@ class _BlockingCalls:
     """
     Audit hook that records network calls that block a thread, made on the watched (event loop)
     thread: a connect on a blocking socket (what ``requests`` does) and name resolution (asyncio and
-    anyio resolve in a worker thread). Timing-free, so it holds on a busy machine too. (``time.sleep``
-    has no audit event before Python 3.12: the slow-callback warnings catch it.)
+    anyio resolve in a worker thread), and ``time.sleep`` (no audit event before Python 3.12: it is
+    wrapped while watched). Timing-free, so it holds on a busy machine too, where a slow-callback
+    threshold fails on whatever callback the CPU was taken from.
     """
 
     thread: int | None = None
@@ -194,9 +195,18 @@ class _BlockingCalls:
             cls.installed = True
         cls.calls = []
         cls.thread = threading.get_ident()
+        sleep = time.sleep
+
+        def watched_sleep(seconds: float) -> None:
+            if threading.get_ident() == cls.thread:
+                cls.calls.append(f"time.sleep({seconds})")
+            sleep(seconds)
+
+        time.sleep = watched_sleep
         try:
             yield cls.calls
         finally:
+            time.sleep = sleep
             cls.thread = None
 
 
@@ -278,9 +288,10 @@ def test_the_loop_watch_catches_a_blocking_call(cerebraform_emulator: EmulatorHa
         session.get(f"{cerebraform_emulator.url}/_emulator/health", timeout=5)
 
     run = run_on_one_debug_loop([blocking()])
+    assert "time.sleep(0.15)" in run.blocking_calls
     assert any(call.startswith("blocking socket.connect") for call in run.blocking_calls)
     assert any(call.startswith("socket.getaddrinfo") for call in run.blocking_calls)
-    assert len(run.slow_callbacks) == 1 and run.worst_lag >= 0.1
+    assert run.slow_callbacks and run.worst_lag >= 0.1  # a 0.15 s stall is seen, however busy the machine
 
 
 def test_many_triggers_share_one_free_budget_on_one_loop_without_a_429(
@@ -322,13 +333,13 @@ def test_many_triggers_share_one_free_budget_on_one_loop_without_a_429(
     ceiling = 20 * (run.seconds / window + 1)
     assert sum(polls) <= ceiling
     assert run.blocking_calls == []
-    assert run.slow_callbacks == []
     # Not a per-call measure: the lag adds up every trigger step of one loop iteration (a window's 20
     # polls are released together), so it is only reported here.
     print(
         f"\n{SHARED_TRIGGERS} triggers on one free key: {run.seconds:.1f} s, polls per trigger "
         f"min {min(polls)} mean {statistics.mean(polls):.2f} max {max(polls)} (total {sum(polls)}, "
-        f"budget ceiling {ceiling:.0f}), 429s 0, worst loop lag {run.worst_lag * 1000:.1f} ms"
+        f"budget ceiling {ceiling:.0f}), 429s 0, worst loop lag {run.worst_lag * 1000:.1f} ms, "
+        f"{len(run.slow_callbacks)} callbacks over 0.1 s"
     )
 
 
@@ -339,6 +350,6 @@ def test_slow_answers_do_not_block_the_loop(cerebraform_emulator: EmulatorHandle
     triggers = [CerebraformTaskTrigger(rid, "image", poll_interval=0.05) for rid in request_ids]
     run = run_on_one_debug_loop([drain(trigger) for trigger in triggers])
     assert [events[0].payload["status"] for events in run.events] == ["done"] * 10
+    # Every poll waited 0.3 s for its answer: had one blocked, the audit would hold its connect or sleep.
     assert run.blocking_calls == []
-    assert run.slow_callbacks == []
-    assert run.worst_lag < 0.3, run.worst_lag  # one poll that blocked would stall the loop >= 0.3 s
+    print(f"\nworst loop lag {run.worst_lag * 1000:.1f} ms, {len(run.slow_callbacks)} callbacks over 0.1 s")
