@@ -106,3 +106,28 @@ def emu(server: CerebraformEmulator) -> CerebraformEmulator:
 def api(emu: CerebraformEmulator) -> Api:
     """A client with the dev key (tier paid)."""
     return Api(emu.url)
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told: rate windows that do not slide while a busy machine
+    is slow to send a burst of requests."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(emu: CerebraformEmulator) -> Iterator[ManualClock]:
+    """Stops the emulator's clock for the test (it reads ``state.clock`` on every request)."""
+    manual, real = ManualClock(), emu.state.clock
+    emu.state.clock = manual
+    try:
+        yield manual
+    finally:
+        emu.state.clock = real
