@@ -428,8 +428,12 @@ class CerebraformProtocol:
             "api_message": msg,
         }
         if status == 429:
+            # The API's own message often names the wait already; ours leads, the API's is quoted after.
+            limited = (
+                f"Cerebraform {request.endpoint} was rate-limited (HTTP 429), retry after {retry_after:.0f} s"
+            )
             return CerebraformRateLimitError(
-                f"{text} (retry after {retry_after:.0f} s)", retry_after=retry_after or 0.0, **details
+                f'{limited}; the API said "{msg}"', retry_after=retry_after or 0.0, **details
             )
         if status >= 500 and request.creates_task:
             return CerebraformSubmissionUncertainError(f"{text}. {_UNCERTAIN}", **details)

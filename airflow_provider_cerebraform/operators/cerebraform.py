@@ -31,6 +31,7 @@ from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finish
 from airflow_provider_cerebraform.validation import (
     build_submission,
     is_rendered_later,
+    naming_the_task,
     validate_kind,
     validate_literals,
     validate_request_id,
@@ -113,12 +114,13 @@ class CerebraformSubmitOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        validate_literals(
-            kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
-        )
-        if not is_rendered_later(on_uncertain_submission):
-            # The plain value: a template field is rendered with str(), which spells an Enum member's name.
-            on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission).value
+        with naming_the_task(self.task_id):
+            validate_literals(
+                kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
+            )
+            if not is_rendered_later(on_uncertain_submission):
+                # The plain value: template fields are rendered with str(), which spells an Enum member by name.
+                on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission).value
         self.on_uncertain_submission = on_uncertain_submission
         self.prompt = prompt
         self.kind = kind
@@ -227,7 +229,12 @@ class CerebraformSubmitOperator(BaseOperator):
                 "The earlier try's task %s failed (%s); submitting again", record.request_id, state.message
             )
             return None
-        self.log.info("Reconnecting to %s from an earlier try instead of paying again", state.describe())
+        self.log.info(
+            "Reconnecting to %s task %s from an earlier try instead of paying again; it is %s",
+            kind.value,
+            record.request_id,
+            state.status_text,
+        )
         return record.request_id, state
 
     def _on_uncertain(self, records: SubmissionRecordStore, what: str) -> None:
@@ -273,7 +280,7 @@ class CerebraformSubmitOperator(BaseOperator):
                 http_status=error.http_status,
                 endpoint=error.endpoint,
             ) from error
-        self.log.warning("%s. Deferring %.0f s without a worker slot, then submitting again.", reason, wait)
+        self.log.warning("%s; deferring %.0f s without a worker slot, then submitting again.", reason, wait)
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         self.defer(
@@ -286,6 +293,7 @@ class _ResultDelivery:
     """What the result and the all-in-one operator share: fetch the result and store its media."""
 
     cerebraform_conn_id: str
+    task_id: str
     output_location: Any
     file_name: str
     max_bytes: int
@@ -298,7 +306,8 @@ class _ResultDelivery:
         if literal_only:
             output = None if is_rendered_later(output) else output
             file_name = DEFAULT_FILE_NAME if is_rendered_later(file_name) else file_name
-        validate_destination(output, file_name)
+        with naming_the_task(self.task_id):
+            validate_destination(output, file_name)
 
     def _deliver(self, context: Context, kind: str, request_id: str) -> Any:
         hook = CerebraformHook(self.cerebraform_conn_id)
@@ -355,7 +364,8 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        validate_literals(request_id=request_id, kind=kind)
+        with naming_the_task(self.task_id):
+            validate_literals(request_id=request_id, kind=kind)
         self.request_id = request_id
         self.kind = kind
         # Not ``self.output``: BaseOperator.output is the task's XComArg (a read-only property).

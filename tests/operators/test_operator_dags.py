@@ -230,7 +230,11 @@ def test_rate_limited_submit_defers_then_succeeds_and_gives_up_past_its_budget(
     # Within it: the task deferred on a timer (max_in_process_wait=0 holds no worker) and then submitted.
     deferred = run.task("defer_then_submit")
     assert deferred.state == "success" and deferred.try_number == 1
-    assert "Deferring" in logs and "without a worker slot" in logs
+    assert "; deferring" in logs and "without a worker slot" in logs
+    assert (
+        's; the API said "Rate limit exceeded. Try again in' in logs and "seconds. (retry after" not in logs
+    )
+    assert "Skipping masking" not in logs  # no extra field (tier "paid") is registered as a secret
     stats = admin.stats()
     assert stats["submissions"]["total"] == 11  # 10 fillers and the deferred one
     tasks = sorted(stats["tasks"], key=lambda task: task["created_at"])
