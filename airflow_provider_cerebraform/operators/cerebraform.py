@@ -18,6 +18,12 @@ from airflow_provider_cerebraform.exceptions import (
     CerebraformTimeoutError,
 )
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
+from airflow_provider_cerebraform.links import (
+    MEDIA_URL_KEY,
+    REQUEST_URL_KEY,
+    CerebraformMediaLink,
+    CerebraformRequestLink,
+)
 from airflow_provider_cerebraform.media import (
     DEFAULT_FILE_NAME,
     DEFAULT_MAX_BYTES,
@@ -97,6 +103,7 @@ class CerebraformSubmitOperator(BaseOperator):
         "on_uncertain_submission",
     )
     ui_color = "#d6c8ff"
+    operator_extra_links = (CerebraformRequestLink(),)
 
     def __init__(
         self,
@@ -119,7 +126,7 @@ class CerebraformSubmitOperator(BaseOperator):
                 kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
             )
             if not is_rendered_later(on_uncertain_submission):
-                # The plain value: template fields are rendered with str(), which spells an Enum member by name.
+                # The plain value: template fields are rendered with str(), which names an Enum member.
                 on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission).value
         self.on_uncertain_submission = on_uncertain_submission
         self.prompt = prompt
@@ -188,6 +195,8 @@ class CerebraformSubmitOperator(BaseOperator):
                     context["task_state_store"].delete(RATE_LIMITED_SINCE_KEY)
             self.log.info("Submitted %s task %s", submission.kind.value, request_id)
         context["ti"].xcom_push(key="request_id", value=request_id)
+        status_url = f"{hook.get_conn().protocol.settings.base_url}{submission.kind.path}/status/{request_id}"
+        context["ti"].xcom_push(key=REQUEST_URL_KEY, value=status_url)
         return request_id, state
 
     def _reconnect(
@@ -312,6 +321,8 @@ class _ResultDelivery:
     def _deliver(self, context: Context, kind: str, request_id: str) -> Any:
         hook = CerebraformHook(self.cerebraform_conn_id)
         result = hook.get_result(kind, request_id)
+        if result.urls:
+            context["ti"].xcom_push(key=MEDIA_URL_KEY, value=result.urls[0])
         if self.output_location is None:
             self.log.info("Task %s produced %d media file(s)", request_id, len(result.items))
             return result.urls
@@ -351,6 +362,7 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
 
     template_fields: Sequence[str] = ("request_id", "kind", "output_location", "file_name")
     ui_color = "#c8e6ff"
+    operator_extra_links = (CerebraformMediaLink(),)
 
     def __init__(
         self,
@@ -399,6 +411,7 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
         "file_name",
     )
     ui_color = "#e0d0ff"
+    operator_extra_links = (CerebraformRequestLink(), CerebraformMediaLink())
 
     def __init__(
         self,
