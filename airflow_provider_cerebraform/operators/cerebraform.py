@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pendulum
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_cerebraform import metrics
 from airflow_provider_cerebraform.exceptions import (
     CerebraformError,
     CerebraformInsufficientCreditsError,
@@ -62,6 +63,11 @@ __all__ = [
 #: Key that remembers when the first 429 of this task instance deferred it, for ``max_rate_limit_wait``.
 RATE_LIMITED_SINCE_KEY = "cerebraform_rate_limited_since"
 
+#: Retries these operators get when neither the task nor the DAG's ``default_args`` set ``retries``.
+#: A retry reconnects to the paid generation instead of paying again, so it costs nothing; and it is
+#: what rescues a task that Airflow 3.3 marks failed after resuming from deferral (apache/airflow#72716).
+DEFAULT_RETRIES = 2
+
 
 class CerebraformSubmitOperator(BaseOperator):
     """
@@ -91,6 +97,8 @@ class CerebraformSubmitOperator(BaseOperator):
         (submit again, which may pay twice) (templated, e.g. from a Variable, so that it can be
         changed for one clear without editing the DAG).
     :param cerebraform_conn_id: the Cerebraform connection.
+    :param retries: Airflow's ``retries``; when neither this nor the DAG's ``default_args`` set it,
+        :data:`DEFAULT_RETRIES` (a retry reconnects instead of paying again).
     """
 
     template_fields: Sequence[str] = (
@@ -118,9 +126,12 @@ class CerebraformSubmitOperator(BaseOperator):
         max_in_process_wait: float = 60.0,
         on_uncertain_submission: UncertainSubmissionPolicy | str = UncertainSubmissionPolicy.FAIL.value,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
+        retries: int | None = DEFAULT_RETRIES,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        # ``retries`` is declared here so that Airflow applies the DAG's default_args, then this default,
+        # for plain and mapped (``partial``) tasks alike; an explicit ``retries=0`` is kept.
+        super().__init__(retries=retries, **kwargs)
         with naming_the_task(self.task_id):
             validate_literals(
                 kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
@@ -238,6 +249,7 @@ class CerebraformSubmitOperator(BaseOperator):
                 "The earlier try's task %s failed (%s); submitting again", record.request_id, state.message
             )
             return None
+        metrics.incr(metrics.RECONNECTIONS, kind=kind.value)
         self.log.info(
             "Reconnecting to %s task %s from an earlier try instead of paying again; it is %s",
             kind.value,
@@ -334,6 +346,8 @@ class _ResultDelivery:
             log=self.log,
         )
         manifest = manifest_for_xcom(entries)
+        metrics.incr(metrics.FILES_STORED, len(manifest), kind=kind)
+        metrics.incr(metrics.BYTES_STORED, sum(int(entry["bytes"]) for entry in manifest), kind=kind)
         for outlet in self.outlets or []:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = {"request_id": request_id, "manifest": manifest}
@@ -373,9 +387,10 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
         file_name: str = DEFAULT_FILE_NAME,
         max_bytes: int = DEFAULT_MAX_BYTES,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
+        retries: int | None = DEFAULT_RETRIES,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(retries=retries, **kwargs)
         with naming_the_task(self.task_id):
             validate_literals(request_id=request_id, kind=kind)
         self.request_id = request_id
