@@ -183,7 +183,7 @@ def test_429_longer_than_the_in_process_cap_raises_with_retry_after():
 def test_a_429_names_the_wait_once_and_quotes_the_api():
     with pytest.raises(CerebraformRateLimitError) as raised:
         drive(
-            protocol(max_wait=60).submit("image", "x"),
+            protocol(max_wait=60).submit(build_submission("image", "x")),
             [answer(429, {"msg": "Try again in 158 seconds."}, {"retry-after": "158"})],
         )
     assert str(raised.value) == (
