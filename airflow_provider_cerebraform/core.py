@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
-from airflow_provider_cerebraform import __version__
+from airflow_provider_cerebraform import __version__, metrics
 from airflow_provider_cerebraform.exceptions import (
     ERRORS_BY_STATUS,
     CerebraformError,
@@ -280,15 +280,20 @@ class CerebraformProtocol:
             if not reservation.admitted:
                 raise self._paced_out(request, reservation.delay)
             delay = reservation.delay
+            paced = 0.0
             while delay > 0:
                 wait_left = self.retry.wait_left(waited)
                 if wait_left is not None and delay > wait_left:
                     window.cancel(reservation)
                     raise self._paced_out(request, delay)
                 waited += delay
+                paced += delay
                 yield Sleep(delay)
                 # Requests ahead answered late, or a 429 elsewhere paused this key: the slot moves.
                 delay = window.confirm(reservation)
+            if paced:
+                metrics.incr(metrics.PACED_WAITS, bucket=request.bucket.value)
+                metrics.timing(metrics.PACED_WAIT_TIME, paced, bucket=request.bucket.value)
             outcome = yield Send(request)
             window.settle(reservation)
             if isinstance(outcome, TransportFailure):
@@ -302,6 +307,7 @@ class CerebraformProtocol:
                 continue
             assert outcome is not None
             if outcome.status_code == 429:
+                metrics.incr(metrics.RATE_LIMITED, bucket=request.bucket.value)
                 rate_limited_answers += 1
                 wait = self.retry.retry_after(outcome, rate_limited_answers)
                 window.on_rate_limited(wait)
@@ -335,11 +341,13 @@ class CerebraformProtocol:
         if not isinstance(request_id, str) or not request_id.strip():
             raise self._unreadable_submission(request, "the answer has no request_id", response)
         try:
-            return validate_request_id(request_id.strip())
+            request_id = validate_request_id(request_id.strip())
         except CerebraformValidationError:
             raise self._unreadable_submission(
                 request, "the answer's request_id is not a usable id", response
             ) from None
+        metrics.incr(metrics.SUBMISSIONS)
+        return request_id
 
     def _parse_status(
         self, request: ApiRequest, kind: GenerationKind, request_id: str, response: HttpResponse
@@ -384,6 +392,7 @@ class CerebraformProtocol:
             credits = int(credits)
         if not isinstance(credits, int) or isinstance(credits, bool):
             raise self._malformed(request, "'credits' is missing or not an integer", response)
+        metrics.gauge(metrics.CREDITS_BALANCE, credits)
         return credits
 
     def _body(self, request: ApiRequest, response: HttpResponse) -> dict[str, Any]:
@@ -428,8 +437,12 @@ class CerebraformProtocol:
             "api_message": msg,
         }
         if status == 429:
+            # The API's own message often names the wait already; ours leads, the API's is quoted after.
+            limited = (
+                f"Cerebraform {request.endpoint} was rate-limited (HTTP 429), retry after {retry_after:.0f} s"
+            )
             return CerebraformRateLimitError(
-                f"{text} (retry after {retry_after:.0f} s)", retry_after=retry_after or 0.0, **details
+                f'{limited}; the API said "{msg}"', retry_after=retry_after or 0.0, **details
             )
         if status >= 500 and request.creates_task:
             return CerebraformSubmissionUncertainError(f"{text}. {_UNCERTAIN}", **details)

@@ -46,6 +46,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_cerebraform.triggers.cerebraform"],
             }
         ],
+        "extra-links": [
+            "airflow_provider_cerebraform.links.CerebraformMediaLink",
+            "airflow_provider_cerebraform.links.CerebraformRequestLink",
+        ],
         "connection-types": [
             {
                 "connection-type": _CONN_TYPE,
@@ -60,11 +64,18 @@ def get_provider_info() -> dict[str, Any]:
                     },
                     "timeout": {
                         "label": "Request timeout (seconds)",
-                        "schema": {"type": ["number", "null"], "default": 30},
+                        "description": "Seconds to connect and to wait for each answer of the API, "
+                        "from 0.1 to 3600.",
+                        "schema": {
+                            "type": ["number", "null"],
+                            "default": 30,
+                            "minimum": 0.1,
+                            "maximum": 3600,
+                        },
                     },
                     "retry_limit": {
                         "label": "Retry limit",
-                        "description": "Retries of a request that failed for a transient reason. "
+                        "description": "Retries (0 to 20) of a request that failed for a transient reason. "
                         "Task creation is never retried after it may have reached the service.",
                         "schema": {"type": ["integer", "null"], "default": 3, "minimum": 0, "maximum": 20},
                     },
@@ -72,17 +83,23 @@ def get_provider_info() -> dict[str, Any]:
                         "label": "Share of the rate limit",
                         "description": "Fraction (0.01-1) of the tier's limits each process may use; "
                         "lower it when several triggerers or workers use the same key.",
-                        "schema": {"type": ["number", "null"], "default": 1.0},
+                        "schema": {"type": ["number", "null"], "default": 1.0, "minimum": 0.01, "maximum": 1},
                     },
                     "verify_ssl": {
                         "label": "Verify TLS certificates",
+                        "description": "Check the API's TLS certificate. Turn off only for a test server "
+                        "with a self-signed certificate; the task log then warns.",
                         "schema": {"type": ["boolean", "null"], "default": True},
                     },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login"],
                     "relabeling": {"password": "API key", "host": "Base URL"},
-                    "placeholders": {"host": "https://cerebraform.com"},
+                    # The form has no help text for standard fields: their placeholders carry it.
+                    "placeholders": {
+                        "host": "Base URL; empty means https://cerebraform.com",
+                        "password": "API key from the Cerebraform dashboard; empty means the anonymous quota",
+                    },
                 },
             }
         ],

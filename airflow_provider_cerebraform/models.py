@@ -139,9 +139,19 @@ class TaskState:
     def is_failed(self) -> bool:
         return self.status is TaskStatus.FAILED
 
+    @property
+    def status_text(self) -> str:
+        """The status in words, with the API's message quoted: ``done ("Task completed.")``.
+
+        A known status is shown by name only; an unknown one keeps its code, the only thing known of it.
+        """
+        status = self.status
+        text = status.name.lower() if status.is_known else f"in an unknown state (status code {int(status)})"
+        return f'{text} ("{self.message}")' if self.message else text
+
     def describe(self) -> str:
-        text = f"{self.kind.value} task {self.request_id} is {self.status.name.lower()} ({int(self.status)})"
-        return f"{text}: {self.message}" if self.message else text
+        """``image task <id> is running ("Task is running (52%).")``: a clause that other text can follow."""
+        return f"{self.kind.value} task {self.request_id} is {self.status_text}"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for XCom and trigger events."""

@@ -8,11 +8,16 @@ Each error names the parameter and what it accepts. The same functions run at DA
 from __future__ import annotations
 
 import re
-from typing import Any
+import sys
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow_provider_cerebraform.exceptions import CerebraformValidationError
 from airflow_provider_cerebraform.models import GenerationKind, Submission, UncertainSubmissionPolicy
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 MAX_PROMPT_LENGTH = 1000
 VIDEO_DURATIONS = (5, 10)
@@ -186,3 +191,31 @@ def validate_literals(**params: Any) -> None:
         validate_duration(kind, final["duration"])
     if "request_id" in final:
         validate_request_id(final["request_id"])
+
+
+@contextmanager
+def naming_the_task(task_id: str) -> Iterator[None]:
+    """
+    Around an operator's parse-time checks: a :class:`CerebraformValidationError` raised inside names
+    the task and the line of the DAG file that built it, so an import error points at the culprit.
+    """
+    try:
+        yield
+    except CerebraformValidationError as error:
+        raise CerebraformValidationError(
+            f"Task {task_id!r}{_dag_file_line()}: {error.message}", endpoint=error.endpoint
+        ) from None
+
+
+def _dag_file_line() -> str:
+    """`` (in my_dag.py, line 12)``: the innermost caller that is not this provider, Airflow or contextlib."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.split(".")[0] not in _NOT_THE_DAG_FILE:
+            return f" (in {frame.f_code.co_filename}, line {frame.f_lineno})"
+        frame = frame.f_back
+    return ""
+
+
+_NOT_THE_DAG_FILE = frozenset({"airflow_provider_cerebraform", "airflow", "contextlib", "functools"})

@@ -1,25 +1,21 @@
 """
-Airflow for the whole test session: a throw-away AIRFLOW_HOME with a migrated sqlite database and a
-DAGS_FOLDER holding copies of ``example_dags/`` and ``tests/dags/``.
+Airflow for the whole test session, through the fixtures the package ships (its pytest plugin): a
+throw-away AIRFLOW_HOME with a migrated sqlite database (``cerebraform_airflow``) and a DAGS_FOLDER
+holding copies of ``example_dags/`` and ``tests/dags/``.
 
-The environment is set when this file is imported, before any test module imports Airflow, because
-Airflow reads its configuration once. ``dag.test()`` serializes the DAGs of the configured folder
-before it runs one, so a DAG under test must live in that folder: load it with ``load_dag``.
+pyproject's ``cerebraform_airflow_at_start = true`` makes the plugin set the environment before this
+file is imported; ``prepare_environment()`` below returns that home (or sets it, under ``-p no:cerebraform``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from airflow_provider_cerebraform.emulator.airflow_home import AirflowHome, prepare_environment
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -27,53 +23,22 @@ if TYPE_CHECKING:
     from airflow.sdk import DAG
 
 REPO = Path(__file__).resolve().parent.parent
-AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="cerebraform-airflow-home-"))
+AIRFLOW_HOME = prepare_environment()
 DAGS_FOLDER = AIRFLOW_HOME / "dags"
-
-os.environ.update(
-    {
-        "AIRFLOW_HOME": str(AIRFLOW_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-    }
-)
-
-
-def _copy_dags() -> None:
-    DAGS_FOLDER.mkdir(parents=True, exist_ok=True)
-    for source, name in ((REPO / "example_dags", "example_dags"), (REPO / "tests" / "dags", "test_dags")):
-        if source.is_dir():
-            shutil.copytree(
-                source, DAGS_FOLDER / name, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__")
-            )
+_HOME = AirflowHome(AIRFLOW_HOME, rootdir=REPO)
 
 
 @pytest.fixture(scope="session")
-def airflow_db() -> Iterator[Path]:
-    """A migrated metadata database and the DAG folder, once per session; yields AIRFLOW_HOME."""
-    _copy_dags()
-    migrated = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True, timeout=600
-    )
-    assert migrated.returncode == 0, migrated.stderr[-3000:]
-    yield AIRFLOW_HOME
-    shutil.rmtree(AIRFLOW_HOME, ignore_errors=True)
+def airflow_db(cerebraform_airflow: AirflowHome) -> Path:
+    """The plugin's migrated Airflow home, with this repository's DAG folders copied in."""
+    cerebraform_airflow.add_dags(REPO / "example_dags", "example_dags")
+    cerebraform_airflow.add_dags(REPO / "tests" / "dags", "test_dags")
+    return cerebraform_airflow.path
 
 
 def load_dag(relative_path: str, dag_id: str) -> DAG:
     """Import a DAG from its copy in the session's DAGS_FOLDER (e.g. ``"test_dags/basic.py"``)."""
-    path = DAGS_FOLDER / relative_path
-    spec = importlib.util.spec_from_file_location(f"dag_under_test_{path.stem}_{dag_id}", path)
-    assert spec and spec.loader, path
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    from airflow.sdk import DAG
-
-    found = [value for value in vars(module).values() if isinstance(value, DAG) and value.dag_id == dag_id]
-    assert found, f"{dag_id} not defined in {path}"
-    return found[0]
+    return _HOME.load_dag(relative_path, dag_id)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:

@@ -72,3 +72,47 @@ def test_connection_form_fields_reach_the_providers_manager():
     behaviour = manager.field_behaviours["cerebraform"]
     assert behaviour["relabeling"]["password"] == "API key"
     assert "login" in behaviour["hidden_fields"]
+
+
+def test_every_form_field_has_help_text_and_the_bounds_the_hook_enforces():
+    """The form refuses what the hook would refuse only when used (the UI saved timeout -5, share 5)."""
+    import pytest
+    from airflow.sdk import Connection
+
+    from airflow_provider_cerebraform.exceptions import CerebraformValidationError
+    from airflow_provider_cerebraform.hooks.cerebraform import settings_from_connection
+
+    conn_type = get_provider_info()["connection-types"][0]
+    fields = conn_type["conn-fields"]
+    for name, spec in fields.items():
+        assert spec.get("description"), f"conn field {name} has no help text"
+    placeholders = conn_type["ui-field-behaviour"]["placeholders"]
+    assert {"host", "password"} <= set(placeholders)
+
+    def settings(**extra):
+        conn = Connection(conn_id="c", conn_type="cerebraform", host="http://x", extra=json.dumps(extra))
+        return settings_from_connection(conn)
+
+    for name in ("timeout", "retry_limit", "rate_share"):
+        schema = fields[name]["schema"]
+        low, high = schema["minimum"], schema["maximum"]
+        settings(**{name: low})
+        settings(**{name: high})
+        below = low - 1 if isinstance(low, int) and name == "retry_limit" else low / 2 if low else -1
+        for bad in (below, high + 1, -5):
+            with pytest.raises(CerebraformValidationError, match=rf"connection field {name}="):
+                settings(**{name: bad})
+    assert fields["timeout"]["schema"]["minimum"] > 0
+    assert fields["rate_share"]["schema"]["minimum"] > 0 and fields["rate_share"]["schema"]["maximum"] == 1
+
+
+def test_the_documentation_url_is_this_projects_docs():
+    """Airflow's Providers page links to the distribution's "Documentation" project URL (else to an
+    airflow.apache.org page that does not exist for this package)."""
+    import tomllib
+
+    urls = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+        "urls"
+    ]
+    assert urls["Documentation"].endswith("/docs/index.md")
+    assert (Path(__file__).resolve().parent.parent / "docs" / "index.md").is_file()

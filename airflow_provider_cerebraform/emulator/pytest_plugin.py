@@ -6,11 +6,20 @@ Imports stay cheap: the emulator itself is imported only when a fixture is used.
 - ``cerebraform_emulator_process`` (session): one :class:`EmulatorProcess` for the whole run.
 - ``cerebraform_emulator`` (function): resets that emulator, points ``AIRFLOW_CONN_CEREBRAFORM_DEFAULT``
   at it and yields an :class:`EmulatorHandle`.
+- ``cerebraform_airflow`` (session): a throw-away, migrated ``AIRFLOW_HOME`` with a DAGs folder, as an
+  :class:`~airflow_provider_cerebraform.emulator.airflow_home.AirflowHome`; its ``run_dag(path)`` runs a
+  DAG file with ``dag.test()`` and returns every task's outcome.
+
+Airflow reads its configuration when first imported, so the home must be set before that. The fixture
+sets it when first requested, which is enough when test modules import Airflow inside their tests; the
+ini option ``cerebraform_airflow_at_start = true`` sets it before any conftest or test module is
+imported. Without that option, a pytest run that uses none of these fixtures is left untouched.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,6 +29,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from .admin import EmulatorAdmin
+    from .airflow_home import AirflowHome
     from .process import EmulatorProcess
 
 #: The session emulator's defaults: jobs 40x faster (an image takes 0.3 s, a video 1.5 s).
@@ -54,6 +64,42 @@ class EmulatorHandle:
         return json.dumps(
             {"conn_type": "cerebraform", "host": self.url, "password": self.api_key, "extra": fields}
         )
+
+
+AT_START_INI = "cerebraform_airflow_at_start"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        AT_START_INI,
+        "set a throw-away AIRFLOW_HOME for the cerebraform_airflow fixture when pytest starts, before "
+        "conftest.py files and test modules are imported (needed when they import Airflow at the top)",
+        type="bool",
+        default=False,
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    if early_config.getini(AT_START_INI):
+        from .airflow_home import prepare_environment
+
+        prepare_environment()
+
+
+@pytest.fixture(scope="session")
+def cerebraform_airflow(request: pytest.FixtureRequest) -> Iterator[AirflowHome]:
+    """A migrated, throw-away ``AIRFLOW_HOME`` for the session; ``run_dag(dag_file)`` runs a DAG in it."""
+    from .airflow_home import AirflowHome, AirflowImportedTooEarly, prepare_environment
+
+    try:
+        path = prepare_environment()
+    except AirflowImportedTooEarly as error:
+        pytest.fail(str(error), pytrace=False)
+    home = AirflowHome(path, rootdir=request.config.rootpath)
+    home.migrate()
+    yield home
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
@@ -61,9 +62,27 @@ def _flag(extras: dict[str, Any], name: str, default: bool) -> bool:
     raise CerebraformValidationError(f"Invalid connection field {name}={value!r}: expected true or false.")
 
 
+def _extras_of(conn: Connection) -> dict[str, Any]:
+    """The connection's extra fields. Not ``conn.extra_dejson``: that registers every string in them as a
+    secret to mask, ``"paid"`` too, and Airflow then warns in every task log that the secret is too short
+    to mask. None of these fields is secret: the API key is the password, masked on its own."""
+    extra = conn.extra
+    if not extra:
+        return {}
+    try:
+        extras = json.loads(extra) if isinstance(extra, str) else extra
+    except ValueError:
+        extras = None
+    if not isinstance(extras, dict):
+        raise CerebraformValidationError(
+            f"Invalid extra of connection {conn.conn_id!r}: expected a JSON object of fields."
+        )
+    return extras
+
+
 def settings_from_connection(conn: Connection) -> ConnectionSettings:
     """Read a ``cerebraform`` connection; every field is optional but the host when not the real service."""
-    extras = conn.extra_dejson or {}
+    extras = _extras_of(conn)
     host = (conn.host or "").strip().rstrip("/")
     if not host:
         base_url = DEFAULT_BASE_URL

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pendulum
 from airflow.sdk import Asset, BaseOperator
 
+from airflow_provider_cerebraform import metrics
 from airflow_provider_cerebraform.exceptions import (
     CerebraformError,
     CerebraformInsufficientCreditsError,
@@ -18,6 +19,12 @@ from airflow_provider_cerebraform.exceptions import (
     CerebraformTimeoutError,
 )
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
+from airflow_provider_cerebraform.links import (
+    MEDIA_URL_KEY,
+    REQUEST_URL_KEY,
+    CerebraformMediaLink,
+    CerebraformRequestLink,
+)
 from airflow_provider_cerebraform.media import (
     DEFAULT_FILE_NAME,
     DEFAULT_MAX_BYTES,
@@ -31,6 +38,7 @@ from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finish
 from airflow_provider_cerebraform.validation import (
     build_submission,
     is_rendered_later,
+    naming_the_task,
     validate_kind,
     validate_literals,
     validate_request_id,
@@ -54,6 +62,11 @@ __all__ = [
 
 #: Key that remembers when the first 429 of this task instance deferred it, for ``max_rate_limit_wait``.
 RATE_LIMITED_SINCE_KEY = "cerebraform_rate_limited_since"
+
+#: Retries these operators get when neither the task nor the DAG's ``default_args`` set ``retries``.
+#: A retry reconnects to the paid generation instead of paying again, so it costs nothing; and it is
+#: what rescues a task that Airflow 3.3 marks failed after resuming from deferral (apache/airflow#72716).
+DEFAULT_RETRIES = 2
 
 
 class CerebraformSubmitOperator(BaseOperator):
@@ -84,6 +97,8 @@ class CerebraformSubmitOperator(BaseOperator):
         (submit again, which may pay twice) (templated, e.g. from a Variable, so that it can be
         changed for one clear without editing the DAG).
     :param cerebraform_conn_id: the Cerebraform connection.
+    :param retries: Airflow's ``retries``; when neither this nor the DAG's ``default_args`` set it,
+        :data:`DEFAULT_RETRIES` (a retry reconnects instead of paying again).
     """
 
     template_fields: Sequence[str] = (
@@ -96,6 +111,7 @@ class CerebraformSubmitOperator(BaseOperator):
         "on_uncertain_submission",
     )
     ui_color = "#d6c8ff"
+    operator_extra_links = (CerebraformRequestLink(),)
 
     def __init__(
         self,
@@ -110,15 +126,19 @@ class CerebraformSubmitOperator(BaseOperator):
         max_in_process_wait: float = 60.0,
         on_uncertain_submission: UncertainSubmissionPolicy | str = UncertainSubmissionPolicy.FAIL.value,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
+        retries: int | None = DEFAULT_RETRIES,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        validate_literals(
-            kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
-        )
-        if not is_rendered_later(on_uncertain_submission):
-            # The plain value: a template field is rendered with str(), which spells an Enum member's name.
-            on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission).value
+        # ``retries`` is declared here so that Airflow applies the DAG's default_args, then this default,
+        # for plain and mapped (``partial``) tasks alike; an explicit ``retries=0`` is kept.
+        super().__init__(retries=retries, **kwargs)
+        with naming_the_task(self.task_id):
+            validate_literals(
+                kind=kind, prompt=prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
+            )
+            if not is_rendered_later(on_uncertain_submission):
+                # The plain value: template fields are rendered with str(), which names an Enum member.
+                on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission).value
         self.on_uncertain_submission = on_uncertain_submission
         self.prompt = prompt
         self.kind = kind
@@ -186,6 +206,8 @@ class CerebraformSubmitOperator(BaseOperator):
                     context["task_state_store"].delete(RATE_LIMITED_SINCE_KEY)
             self.log.info("Submitted %s task %s", submission.kind.value, request_id)
         context["ti"].xcom_push(key="request_id", value=request_id)
+        status_url = f"{hook.get_conn().protocol.settings.base_url}{submission.kind.path}/status/{request_id}"
+        context["ti"].xcom_push(key=REQUEST_URL_KEY, value=status_url)
         return request_id, state
 
     def _reconnect(
@@ -227,7 +249,13 @@ class CerebraformSubmitOperator(BaseOperator):
                 "The earlier try's task %s failed (%s); submitting again", record.request_id, state.message
             )
             return None
-        self.log.info("Reconnecting to %s from an earlier try instead of paying again", state.describe())
+        metrics.incr(metrics.RECONNECTIONS, kind=kind.value)
+        self.log.info(
+            "Reconnecting to %s task %s from an earlier try instead of paying again; it is %s",
+            kind.value,
+            record.request_id,
+            state.status_text,
+        )
         return record.request_id, state
 
     def _on_uncertain(self, records: SubmissionRecordStore, what: str) -> None:
@@ -273,7 +301,7 @@ class CerebraformSubmitOperator(BaseOperator):
                 http_status=error.http_status,
                 endpoint=error.endpoint,
             ) from error
-        self.log.warning("%s. Deferring %.0f s without a worker slot, then submitting again.", reason, wait)
+        self.log.warning("%s; deferring %.0f s without a worker slot, then submitting again.", reason, wait)
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         self.defer(
@@ -286,6 +314,7 @@ class _ResultDelivery:
     """What the result and the all-in-one operator share: fetch the result and store its media."""
 
     cerebraform_conn_id: str
+    task_id: str
     output_location: Any
     file_name: str
     max_bytes: int
@@ -298,11 +327,14 @@ class _ResultDelivery:
         if literal_only:
             output = None if is_rendered_later(output) else output
             file_name = DEFAULT_FILE_NAME if is_rendered_later(file_name) else file_name
-        validate_destination(output, file_name)
+        with naming_the_task(self.task_id):
+            validate_destination(output, file_name)
 
     def _deliver(self, context: Context, kind: str, request_id: str) -> Any:
         hook = CerebraformHook(self.cerebraform_conn_id)
         result = hook.get_result(kind, request_id)
+        if result.urls:
+            context["ti"].xcom_push(key=MEDIA_URL_KEY, value=result.urls[0])
         if self.output_location is None:
             self.log.info("Task %s produced %d media file(s)", request_id, len(result.items))
             return result.urls
@@ -314,6 +346,8 @@ class _ResultDelivery:
             log=self.log,
         )
         manifest = manifest_for_xcom(entries)
+        metrics.incr(metrics.FILES_STORED, len(manifest), kind=kind)
+        metrics.incr(metrics.BYTES_STORED, sum(int(entry["bytes"]) for entry in manifest), kind=kind)
         for outlet in self.outlets or []:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = {"request_id": request_id, "manifest": manifest}
@@ -342,6 +376,7 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
 
     template_fields: Sequence[str] = ("request_id", "kind", "output_location", "file_name")
     ui_color = "#c8e6ff"
+    operator_extra_links = (CerebraformMediaLink(),)
 
     def __init__(
         self,
@@ -352,10 +387,12 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
         file_name: str = DEFAULT_FILE_NAME,
         max_bytes: int = DEFAULT_MAX_BYTES,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
+        retries: int | None = DEFAULT_RETRIES,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        validate_literals(request_id=request_id, kind=kind)
+        super().__init__(retries=retries, **kwargs)
+        with naming_the_task(self.task_id):
+            validate_literals(request_id=request_id, kind=kind)
         self.request_id = request_id
         self.kind = kind
         # Not ``self.output``: BaseOperator.output is the task's XComArg (a read-only property).
@@ -389,6 +426,7 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
         "file_name",
     )
     ui_color = "#e0d0ff"
+    operator_extra_links = (CerebraformRequestLink(), CerebraformMediaLink())
 
     def __init__(
         self,

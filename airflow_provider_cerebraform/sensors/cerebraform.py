@@ -10,7 +10,12 @@ from airflow.sdk.exceptions import AirflowSensorTimeout
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
 from airflow_provider_cerebraform.polling import TRANSIENT_ERRORS, StatusPoller, state_event
 from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finished, raise_for_event
-from airflow_provider_cerebraform.validation import validate_kind, validate_literals, validate_request_id
+from airflow_provider_cerebraform.validation import (
+    naming_the_task,
+    validate_kind,
+    validate_literals,
+    validate_request_id,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -60,7 +65,8 @@ class CerebraformTaskSensor(BaseSensorOperator):
     ) -> None:
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
-        validate_literals(request_id=request_id, kind=kind)
+        with naming_the_task(self.task_id):
+            validate_literals(request_id=request_id, kind=kind)
         self.request_id = request_id
         self.kind = kind
         self.cerebraform_conn_id = cerebraform_conn_id

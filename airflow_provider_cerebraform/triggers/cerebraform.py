@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_cerebraform import metrics
 from airflow_provider_cerebraform.exceptions import CerebraformError, CerebraformTaskFailedError
 from airflow_provider_cerebraform.models import GenerationKind, TaskStatus
 from airflow_provider_cerebraform.polling import TRANSIENT_ERRORS, StatusPoller, wait_event
@@ -92,6 +93,7 @@ class CerebraformTaskTrigger(BaseTrigger):
 
         client = await CerebraformHook(self.cerebraform_conn_id).aget_conn()
         poller = StatusPoller(self.max_consecutive_errors)
+        started = time.monotonic()
         errors = 0
         last_status: TaskStatus | None = None
         while True:
@@ -107,6 +109,8 @@ class CerebraformTaskTrigger(BaseTrigger):
                 last_status = poll.state.status
                 self.log.info("Cerebraform %s", poll.state.describe())
             if poll.event is not None:
+                if poll.state is not None and poll.state.status.is_terminal:
+                    metrics.timing(metrics.GENERATION_WAIT_TIME, time.monotonic() - started, kind=self.kind)
                 return poll.event
             await asyncio.sleep(self.poll_interval)
 

@@ -9,6 +9,7 @@ import sys
 from importlib import metadata
 from typing import TYPE_CHECKING
 
+import pytest
 import requests
 
 from airflow_provider_cerebraform.emulator.process import _PACKAGE_ROOT
@@ -91,3 +92,95 @@ def test_fixtures_in_a_users_own_pytest_run(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "3 passed" in done.stdout
+
+
+USER_DAG = """
+from datetime import datetime
+
+from airflow.sdk import DAG
+
+from airflow_provider_cerebraform.operators.cerebraform import CerebraformGenerateOperator
+
+with DAG("my_first_generation", schedule=None, start_date=datetime(2026, 1, 1)):
+    CerebraformGenerateOperator(task_id="cat", prompt="a cat in a wizard hat", poll_interval=0.2)
+"""
+
+#: A user's whole test of their DAG: the DAG's path, the shipped fixtures and one call.
+USER_DAG_TEST = """
+def test_my_dag(cerebraform_emulator, cerebraform_airflow):
+    run = cerebraform_airflow.run_dag("dags/my_dag.py")
+    assert run.states == {"cat": "success"}
+    assert len(cerebraform_emulator.admin.tasks()) == 1
+"""
+
+USER_EARLY_IMPORT_TEST = """
+from airflow_provider_cerebraform.operators.cerebraform import CerebraformGenerateOperator
+
+
+def test_my_dag(cerebraform_emulator, cerebraform_airflow):
+    cerebraform_airflow.run_dag("dags/my_dag.py")
+"""
+
+
+def _user_pytest(
+    project: Path, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``pytest`` in a user's project: a fresh environment (no Airflow settings of this session)."""
+    installed = any(
+        ep.value == "airflow_provider_cerebraform.emulator.pytest_plugin"
+        for ep in metadata.entry_points(group="pytest11")
+    )
+    plugin = [] if installed else ["-p", "airflow_provider_cerebraform.emulator.pytest_plugin"]
+    fresh = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CEREBRAFORM"))}
+    env = {**fresh, "PYTHONPATH": _PACKAGE_ROOT, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+#: A whole pytest run in a subprocess (Airflow import, db migrate, dag.test): minutes on a loaded machine.
+SUBPROCESS_TIMEOUT = pytest.mark.timeout(900)
+
+
+@SUBPROCESS_TIMEOUT
+def test_a_users_dag_test_is_the_dag_path_the_fixtures_and_one_call(tmp_path: Path) -> None:
+    """A project outside this repository: its DAG file, a four-line test, no conftest.py."""
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "my_dag.py").write_text(USER_DAG)
+    (tmp_path / "test_my_dag.py").write_text(USER_DAG_TEST)
+    assert len([line for line in USER_DAG_TEST.splitlines() if line.strip()]) == 4
+
+    done = _user_pytest(tmp_path)
+
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
+    assert not (tmp_path / "airflow.db").exists() and not (tmp_path / "airflow.cfg").exists()
+
+
+@SUBPROCESS_TIMEOUT
+def test_airflow_imported_before_the_fixture_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "dags").mkdir()
+    (tmp_path / "dags" / "my_dag.py").write_text(USER_DAG)
+    (tmp_path / "test_my_dag.py").write_text(USER_EARLY_IMPORT_TEST)
+
+    done = _user_pytest(tmp_path)
+
+    assert done.returncode == 1, done.stdout[-4000:]
+    assert "Airflow was imported before the test AIRFLOW_HOME was set" in done.stdout
+    assert "cerebraform_airflow_at_start = true" in done.stdout
+
+
+@SUBPROCESS_TIMEOUT
+def test_the_plugin_leaves_a_run_that_uses_no_fixture_alone(tmp_path: Path) -> None:
+    (tmp_path / "test_plain.py").write_text(
+        "import os, sys\n\n\ndef test_plain():\n"
+        "    assert 'AIRFLOW_HOME' not in os.environ\n"
+        "    assert not any(name == 'airflow' or name.startswith('airflow.') for name in sys.modules)\n"
+    )
+    done = _user_pytest(tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

@@ -216,6 +216,7 @@ def test_a_failed_job_reports_the_api_message_in_log_and_failure(
         assert JOB_FAILURE_MESSAGE in failure["message"]
         assert failure["message"] in log  # the task's error, as its log shows it
         LEDGER.tasks_failed_as_expected += 1
-    assert f"is failed (-1): {JOB_FAILURE_MESSAGE}" in log  # the trigger's status line
+    # The trigger's status line: the status by name, the API's message quoted, no bare "(-1)".
+    assert f'is failed ("{JOB_FAILURE_MESSAGE}")' in log and "(-1)" not in log
     record_emulator(fault_emulator.admin)
     LEDGER.faults_injected["job:failed"] += 2

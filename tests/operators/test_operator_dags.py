@@ -147,9 +147,13 @@ def test_generate_operator_image_video_mapped_failure_timeout_and_asset(
 
 
 def test_retry_of_submit_reconnects_instead_of_paying_twice_and_min_credits_guards(
-    cerebraform_emulator: EmulatorHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cerebraform_emulator: EmulatorHandle,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     run = run_dag("cerebraform_test_retry", tmp_path / "records", monkeypatch, output=str(tmp_path / "media"))
+    logs = capfd.readouterr().out
 
     crashed = run.task("submit_crash_once")
     assert crashed.state == "success"
@@ -173,6 +177,17 @@ def test_retry_of_submit_reconnects_instead_of_paying_twice_and_min_credits_guar
     assert generated_id in lost["message"]
     (entry,) = generated.return_value
     assert entry["request_id"] == generated_id and local_path(entry["path"]).stat().st_size == entry["bytes"]
+    # The log says what happened in words: the status by name, the API's message quoted once.
+    reconnected = (
+        f"Reconnecting to image task {generated_id} from an earlier try instead of paying again; it is"
+    )
+    assert f'{reconnected} done ("' in logs, logs[-3000:]
+    assert "is done (2)" not in logs and ". from an earlier try" not in logs
+    # The extra links Airflow resolved when the task finished (what the UI's buttons open).
+    status_url = f"{cerebraform_emulator.url}/ai/v1/to-image/status/{generated_id}"
+    assert generated.xcom["_link_CerebraformRequestLink"] == status_url
+    assert generated.xcom["_link_CerebraformMediaLink"] == entry["source_url"]
+    assert crashed.xcom["_link_CerebraformRequestLink"] == status_url.replace(generated_id, request_id)
 
     stats = cerebraform_emulator.admin.stats()
     assert stats["submissions"]["total"] == 2  # one per operator: neither retry paid again
@@ -230,7 +245,10 @@ def test_rate_limited_submit_defers_then_succeeds_and_gives_up_past_its_budget(
     # Within it: the task deferred on a timer (max_in_process_wait=0 holds no worker) and then submitted.
     deferred = run.task("defer_then_submit")
     assert deferred.state == "success" and deferred.try_number == 1
-    assert "Deferring" in logs and "without a worker slot" in logs
+    assert "; deferring" in logs and "without a worker slot" in logs
+    assert (
+        's; the API said "Rate limit exceeded. Try again in' in logs and "seconds. (retry after" not in logs
+    )
     stats = admin.stats()
     assert stats["submissions"]["total"] == 11  # 10 fillers and the deferred one
     tasks = sorted(stats["tasks"], key=lambda task: task["created_at"])

@@ -180,6 +180,18 @@ def test_429_longer_than_the_in_process_cap_raises_with_retry_after():
     assert "slow down" in str(raised.value)
 
 
+def test_a_429_names_the_wait_once_and_quotes_the_api():
+    with pytest.raises(CerebraformRateLimitError) as raised:
+        drive(
+            protocol(max_wait=60).submit(build_submission("image", "x")),
+            [answer(429, {"msg": "Try again in 158 seconds."}, {"retry-after": "158"})],
+        )
+    assert str(raised.value) == (
+        "Cerebraform submit image was rate-limited (HTTP 429), retry after 158 s; "
+        'the API said "Try again in 158 seconds."'
+    )
+
+
 def test_without_a_cap_the_trigger_waits_as_long_as_asked():
     outcomes = [answer(429, {}, {"retry-after": "500"}), answer(200, {"status": 0})]
     state, steps = drive(protocol(max_wait=None).status("video", "r1"), outcomes)

@@ -1,0 +1,303 @@
+"""
+A throw-away Airflow for tests: an ``AIRFLOW_HOME`` with a migrated sqlite database and a DAGs folder,
+and a way to run a DAG file with ``dag.test()`` and read back what Airflow recorded.
+
+Two facts of Airflow shape it. Airflow reads its configuration once, when it is first imported, so
+``AIRFLOW_HOME`` and the DAGs folder are set in the environment before that (:func:`prepare_environment`).
+And ``dag.test()`` writes the DAGs of the configured DAGs folder to the database before it runs one, so
+a DAG under test must be imported from a file inside that folder: :meth:`AirflowHome.run_dag` copies the
+user's file there first.
+
+Nothing here imports Airflow at module level: the pytest plugin imports this module in every pytest run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.sdk import DAG
+
+#: The environment a test Airflow runs with (``AIRFLOW_HOME`` and the DAGs folder are added).
+BASE_ENVIRONMENT = {
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+}
+#: Set by :func:`prepare_environment` to the home it made, so a second call reuses it.
+MARKER_ENV = "CEREBRAFORM_TEST_AIRFLOW_HOME"
+
+
+class AirflowImportedTooEarly(RuntimeError):
+    """Airflow was imported (and read its configuration) before the test home was set."""
+
+
+def prepare_environment() -> Path:
+    """
+    Create a temporary ``AIRFLOW_HOME`` with a ``dags`` folder and point this process's environment at
+    it; return it. Idempotent within a process (and its children, which inherit the environment).
+
+    :raises AirflowImportedTooEarly: when Airflow was already imported with another home.
+    """
+    made = os.environ.get(MARKER_ENV)
+    if made and os.environ.get("AIRFLOW_HOME") == made:
+        home = Path(made)
+    else:
+        _refuse_if_airflow_configured(None)
+        home = Path(tempfile.mkdtemp(prefix="cerebraform-airflow-home-"))
+        os.environ.update(
+            {
+                **BASE_ENVIRONMENT,
+                "AIRFLOW_HOME": str(home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+                MARKER_ENV: str(home),
+            }
+        )
+    (home / "dags").mkdir(parents=True, exist_ok=True)
+    _refuse_if_airflow_configured(home)
+    return home
+
+
+def _refuse_if_airflow_configured(home: Path | None) -> None:
+    configuration = sys.modules.get("airflow.configuration")
+    if configuration is None:
+        return
+    configured = Path(getattr(configuration, "AIRFLOW_HOME", "")).resolve()
+    if home is not None and configured == home.resolve():
+        return
+    raise AirflowImportedTooEarly(
+        f"Airflow was imported before the test AIRFLOW_HOME was set, and configured itself for "
+        f"{configured}. Either import Airflow (and airflow_provider_cerebraform's operators) inside your "
+        f"tests rather than at the top of a test module or conftest.py, or set "
+        f"`cerebraform_airflow_at_start = true` in your pytest configuration ([tool.pytest.ini_options] "
+        f"or pytest.ini), which sets the home before any test module is imported."
+    )
+
+
+@dataclass
+class TaskOutcome:
+    """One task instance after a run.
+
+    :param task_id: its task id.
+    :param map_index: its map index (-1 when not mapped).
+    :param state: its final state (``"success"``, ``"failed"``, ...).
+    :param try_number: the try it ended on.
+    :param xcom: its XComs by key.
+    :param reschedules: how many times a sensor in reschedule mode was rescheduled.
+    """
+
+    task_id: str
+    map_index: int
+    state: str | None
+    try_number: int
+    xcom: dict[str, Any] = field(default_factory=dict)
+    reschedules: int = 0
+
+    @property
+    def return_value(self) -> Any:
+        return self.xcom.get("return_value")
+
+
+@dataclass
+class DagOutcome:
+    """What one ``dag.test()`` left behind.
+
+    :param dag_id: the DAG.
+    :param run_id: its run.
+    :param state: the run's final state.
+    :param seconds: wall time of ``dag.test()``.
+    :param tasks: every task instance by ``(task_id, map_index)``.
+    :param failures: failures recorded by the DAG's own callbacks, where a test collects them.
+    """
+
+    dag_id: str
+    run_id: str
+    state: str
+    seconds: float
+    tasks: dict[tuple[str, int], TaskOutcome]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def task(self, task_id: str, map_index: int = -1) -> TaskOutcome:
+        return self.tasks[(task_id, map_index)]
+
+    def mapped(self, task_id: str) -> list[TaskOutcome]:
+        return sorted(
+            (t for (tid, index), t in self.tasks.items() if tid == task_id and index >= 0),
+            key=lambda t: t.map_index,
+        )
+
+    @property
+    def states(self) -> dict[str, str | None]:
+        """Every task's state, keyed ``task_id`` or ``task_id[map_index]`` for mapped ones."""
+        return {
+            (tid if index < 0 else f"{tid}[{index}]"): outcome.state
+            for (tid, index), outcome in sorted(self.tasks.items())
+        }
+
+    def failures_of(self, task_id: str, map_index: int = -1) -> list[dict[str, Any]]:
+        return sorted(
+            (f for f in self.failures if f["task_id"] == task_id and f["map_index"] == map_index),
+            key=lambda f: f["try_number"],
+        )
+
+    def failure(self, task_id: str, map_index: int = -1) -> dict[str, Any]:
+        """The one failure of a task that must fail at its first try (no retry spent)."""
+        (only,) = self.failures_of(task_id, map_index)
+        return only
+
+    def asset_events(self, asset_name: str) -> list[dict[str, Any]]:
+        from airflow.models.asset import AssetEvent, AssetModel
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            rows = session.execute(
+                select(AssetEvent)
+                .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+                .where(
+                    AssetModel.name == asset_name,
+                    AssetEvent.source_dag_id == self.dag_id,
+                    AssetEvent.source_run_id == self.run_id,
+                )
+            ).scalars()
+            return [{"source_task_id": row.source_task_id, "extra": dict(row.extra or {})} for row in rows]
+
+
+class AirflowHome:
+    """A migrated, throw-away Airflow home for one test session.
+
+    :param path: the ``AIRFLOW_HOME`` (made by :func:`prepare_environment`).
+    :param rootdir: where relative DAG paths are looked up first (pytest's rootdir).
+    """
+
+    def __init__(self, path: Path, rootdir: Path | None = None) -> None:
+        self.path = path
+        self.dags_folder = path / "dags"
+        self.rootdir = rootdir or Path.cwd()
+        self.migrated = False
+
+    def __repr__(self) -> str:
+        return f"AirflowHome({str(self.path)!r})"
+
+    def migrate(self) -> None:
+        """Create the metadata database (``airflow db migrate`` in a subprocess, as a user would)."""
+        done = subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=os.environ.copy(),
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"airflow db migrate failed:\n{done.stderr[-3000:]}")
+        self.migrated = True
+
+    def add_dags(self, source: str | os.PathLike[str], name: str | None = None) -> Path:
+        """Copy a folder of DAG files (and the modules they import) into the DAGs folder; return the copy."""
+        source = self._resolve(source)
+        target = self.dags_folder / (name or source.name)
+        shutil.copytree(source, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+        return target
+
+    def dag_path(self, dag_file: str | os.PathLike[str]) -> Path:
+        """The copy of ``dag_file`` inside the DAGs folder (copied now unless it already is inside)."""
+        given = Path(dag_file)
+        if not given.is_absolute() and (self.dags_folder / given).is_file():
+            return self.dags_folder / given
+        source = self._resolve(given)
+        if source.is_relative_to(self.dags_folder.resolve()):
+            return source
+        # One folder per source folder: two DAG files with the same name from different places stay apart.
+        digest = hashlib.sha256(str(source.parent).encode()).hexdigest()[:10]
+        target = self.dags_folder / f"copied_{source.parent.name}_{digest}" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return target
+
+    def load_dag(self, dag_file: str | os.PathLike[str], dag_id: str | None = None) -> DAG:
+        """Import ``dag_file`` from its copy in the DAGs folder and return its DAG ``dag_id`` (the only
+        one when ``None``)."""
+        path = self.dag_path(dag_file)
+        # Airflow's own loader: it finds DAGs made in a ``with DAG(...)`` block without a name too.
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(path), safe_mode=False)
+        if bag.import_errors:
+            raise ImportError(f"{dag_file} did not import:\n" + "\n".join(bag.import_errors.values()))
+        dags = bag.dags
+        if dag_id is None and len(dags) == 1:
+            return next(iter(dags.values()))
+        if dag_id is None or dag_id not in dags:
+            wanted = "a dag_id" if dag_id is None else f"dag_id {dag_id!r}"
+            raise LookupError(f"give {wanted} defined in {dag_file}: it defines {sorted(dags) or 'no DAG'}")
+        return dags[dag_id]
+
+    def run_dag(
+        self,
+        dag_file: str | os.PathLike[str],
+        dag_id: str | None = None,
+        *,
+        conf: dict[str, Any] | None = None,
+        **test_kwargs: Any,
+    ) -> DagOutcome:
+        """
+        Run one DAG of ``dag_file`` with ``dag.test()`` and return what Airflow recorded.
+
+        :param dag_file: a DAG file: absolute, relative to pytest's rootdir or the working directory, or
+            relative to the DAGs folder.
+        :param dag_id: the DAG to run; may be left out when the file defines one DAG.
+        :param conf: the run's ``conf``.
+        :param test_kwargs: passed on to ``dag.test()`` (``logical_date``, ``run_after``, ...).
+        """
+        if not self.migrated:
+            self.migrate()
+        dag = self.load_dag(dag_file, dag_id)
+        started = time.monotonic()
+        dag_run = dag.test(run_conf=conf or None, **test_kwargs)
+        return collect_outcome(dag.dag_id, dag_run.run_id, str(dag_run.state), time.monotonic() - started)
+
+    def _resolve(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        for candidate in (path,) if path.is_absolute() else (self.rootdir / path, Path.cwd() / path):
+            if candidate.exists():
+                return candidate.resolve()
+        raise FileNotFoundError(
+            f"no such DAG file or folder: {path} (looked in {self.rootdir} and {Path.cwd()})"
+        )
+
+
+def collect_outcome(dag_id: str, run_id: str, state: str, seconds: float) -> DagOutcome:
+    """What Airflow recorded for one DAG run: task states, tries, reschedules and XComs."""
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskreschedule import TaskReschedule
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    tasks: dict[tuple[str, int], TaskOutcome] = {}
+    with create_session() as session:
+        dag_run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if dag_run is None:
+            raise LookupError(f"no run {run_id} of {dag_id} in the metadata database")
+        for ti in dag_run.get_task_instances(session=session):
+            reschedules = len(
+                list(session.scalars(select(TaskReschedule.id).where(TaskReschedule.ti_id == ti.id)))
+            )
+            tasks[(ti.task_id, ti.map_index)] = TaskOutcome(
+                ti.task_id, ti.map_index, ti.state, ti.try_number, reschedules=reschedules
+            )
+        rows = session.scalars(
+            select(XComModel).where(XComModel.dag_id == dag_id, XComModel.run_id == run_id)
+        )
+        for row in rows:
+            tasks[(row.task_id, row.map_index)].xcom[row.key] = XComModel.deserialize_value(row)
+    return DagOutcome(dag_id, run_id, state, seconds, tasks)
