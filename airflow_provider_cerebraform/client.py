@@ -26,6 +26,7 @@ from airflow_provider_cerebraform.core import (
     FailureKind,
     HttpResponse,
     Outcome,
+    PacerCall,
     Sleep,
     TransportFailure,
 )
@@ -102,6 +103,8 @@ class CerebraformClient:
             if isinstance(step, Sleep):
                 time.sleep(step.seconds)
                 outcome = None
+            elif isinstance(step, PacerCall):
+                outcome = step.call()
             else:
                 outcome = self._send(step.request)
 
@@ -177,6 +180,8 @@ class CerebraformAsyncClient:
             if isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
                 outcome = None
+            elif isinstance(step, PacerCall):
+                outcome = await step.acall()
             else:
                 outcome = await self._send(step.request)
 

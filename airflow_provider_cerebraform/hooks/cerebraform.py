@@ -81,6 +81,7 @@ def settings_from_connection(conn: Connection) -> ConnectionSettings:
         raise CerebraformValidationError(
             f"Invalid connection field tier={tier_value!r}: expected 'free' or 'paid'."
         ) from None
+    budget, budget_dir, redis_url = _budget(extras)
     return ConnectionSettings(
         base_url=base_url,
         api_key=(conn.password or "").strip() or None,
@@ -91,7 +92,35 @@ def settings_from_connection(conn: Connection) -> ConnectionSettings:
         rate_share=_number(extras, "rate_share", 1.0, minimum=0.01, maximum=1.0),
         time_scale=_number(extras, "time_scale", 1.0, minimum=0.001, maximum=1_000_000),
         verify_ssl=_flag(extras, "verify_ssl", True),
+        budget=budget,
+        budget_dir=budget_dir,
+        redis_url=redis_url,
     )
+
+
+def _budget(extras: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """The ``budget`` extra and what it needs: a directory for ``host``, a Redis URL for ``redis``."""
+    budget = str(_extra(extras, "budget") or "process").strip().lower()
+    if budget not in ("process", "host", "redis"):
+        raise CerebraformValidationError(
+            f"Invalid connection field budget={budget!r}: expected 'process', 'host' or 'redis'."
+        )
+    budget_dir = _extra(extras, "budget_dir")
+    redis_url = _extra(extras, "redis_url")
+    if budget == "redis":
+        if not redis_url or not str(redis_url).startswith(("redis://", "rediss://", "unix://")):
+            raise CerebraformValidationError(
+                "Invalid connection field redis_url: budget='redis' needs a redis://, rediss:// or "
+                "unix:// URL of the Redis that holds the shared budget."
+            )
+        import importlib.util
+
+        if importlib.util.find_spec("redis") is None:
+            raise CerebraformValidationError(
+                "Connection field budget='redis' needs the redis package: "
+                "pip install 'airflow-provider-cerebraform[redis]'."
+            )
+    return budget, str(budget_dir) if budget_dir else None, str(redis_url) if redis_url else None
 
 
 class CerebraformHook(BaseHook):
