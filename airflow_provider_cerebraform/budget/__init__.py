@@ -432,6 +432,18 @@ def shared_pacer(settings: ConnectionSettings) -> SharedKeyPacer:
     return SharedKeyPacer(settings)
 
 
+def prepare(settings: ConnectionSettings) -> None:
+    """
+    Import the store's client library and make the store: for a trigger, run this in a thread before
+    the first call, so that neither (``import redis.asyncio`` takes 0.1 s or more) runs on the loop.
+    """
+    if settings.budget == "process":
+        return
+    store = store_for(settings)
+    if isinstance(store, RedisStore):
+        import redis.asyncio  # noqa: F401
+
+
 def reset_stores() -> None:
     """Forget every store and warning (tests start from a clean process state with it)."""
     with _stores_lock:

@@ -192,6 +192,12 @@ class CerebraformHook(BaseHook):
                 from airflow.sdk.log import amask_secret
 
                 await amask_secret(settings.api_key)
+            if settings.budget != "process":
+                import asyncio
+
+                from airflow_provider_cerebraform.budget import prepare
+
+                await asyncio.to_thread(prepare, settings)
             self._async_client = CerebraformAsyncClient(settings)
         return self._async_client
 
