@@ -112,7 +112,9 @@ def test_a_429_pause_is_seen_by_another_process(
 ) -> None:
     name, redis_url = shared_budget
     admin = cerebraform_emulator.admin
-    admin.reset(time_scale=BURST_SCALE)
+    # An emulated hour lasts 6 minutes: the pause outlasts the worker's start (it imports Airflow).
+    scale = 10.0
+    admin.reset(time_scale=scale)
     admin.add_key(FREE_KEY, tier="free", credits=1000)
     # Someone else (outside any budget) uses the key's whole hour.
     session = requests.Session()
@@ -125,7 +127,7 @@ def test_a_429_pause_is_seen_by_another_process(
             timeout=10,
         )
         assert answer.status_code == 201, answer.text
-    settings = free_settings(cerebraform_emulator, name, tmp_path, redis_url, BURST_SCALE)
+    settings = free_settings(cerebraform_emulator, name, tmp_path, redis_url, scale)
     # One worker process submits, is refused with Retry-After, and gives up at once (max_wait 0).
     run = run_workers(settings, [["refused prompt"]], tmp_path, max_wait=0)
     (outcome,) = run.results[0]
