@@ -100,6 +100,9 @@ def handle(message: dict[str, Any]) -> dict[str, Any]:
     if message["op"] == "prepare":
         import airflow.sdk  # noqa: F401
 
+        # A worker that has run a task on the redis budget has imported it (here it may even compile).
+        import redis  # noqa: F401
+
         import airflow_provider_cerebraform.budget
         import airflow_provider_cerebraform.operators.cerebraform  # noqa: F401
 

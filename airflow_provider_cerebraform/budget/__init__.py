@@ -68,6 +68,17 @@ def budget_name(settings: ConnectionSettings) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()[:32]
 
 
+def store_secrets(settings: ConnectionSettings) -> list[str]:
+    """Secrets of the budget's store to mask in logs: the password of the Redis URL, if any."""
+    if not settings.redis_url:
+        return []
+    try:
+        password = urlsplit(settings.redis_url).password
+    except ValueError:
+        return []
+    return [password] if password else []
+
+
 class StoreUnavailable(Exception):
     """The shared store did not answer in time, or refused; pace in-process instead."""
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_cerebraform.budget import store_secrets
 from airflow_provider_cerebraform.client import CerebraformAsyncClient, CerebraformClient
 from airflow_provider_cerebraform.exceptions import CerebraformError, CerebraformValidationError
 from airflow_provider_cerebraform.media import DEFAULT_FILE_NAME, DEFAULT_MAX_BYTES, MediaDownloader
@@ -166,6 +167,8 @@ class CerebraformHook(BaseHook):
                 from airflow.sdk.log import mask_secret
 
                 mask_secret(settings.api_key)
+                for secret in store_secrets(settings):
+                    mask_secret(secret)
         else:
             self.log.warning(
                 "Connection %r has no API key: requests run on the anonymous quota "
@@ -195,8 +198,13 @@ class CerebraformHook(BaseHook):
             if settings.budget != "process":
                 import asyncio
 
+                from airflow.sdk.log import amask_secret
+
                 from airflow_provider_cerebraform.budget import prepare
 
+                for secret in store_secrets(settings):
+                    await amask_secret(secret)
+                # The store's client library is imported and the store made off the event loop.
                 await asyncio.to_thread(prepare, settings)
             self._async_client = CerebraformAsyncClient(settings)
         return self._async_client
