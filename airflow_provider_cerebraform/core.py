@@ -4,7 +4,8 @@ The one place that decides how to talk to Cerebraform.
 :class:`CerebraformProtocol` builds every request, paces it, reads every answer, maps errors to
 typed exceptions and decides each retry and wait. It does no I/O: each call returns a
 *conversation*, a generator that yields :class:`Send` and :class:`Sleep` steps and receives what
-the network answered. The sync and async clients (``client.py``) only carry those steps out, so
+the network answered (and, with a budget shared through a store, ``PacerCall`` steps that ask the
+store). The sync and async clients (``client.py``) only carry those steps out, so
 both follow the same rules by construction.
 
 Retry rules:
