@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         TaskResult,
         TaskState,
     )
-    from airflow_provider_cerebraform.pacing import KeyPacer
+    from airflow_provider_cerebraform.pacing import Pacer
 
 T = TypeVar("T")
 
@@ -64,7 +64,7 @@ class CerebraformClient:
         *,
         max_wait: float | None = 60.0,
         session: requests.Session | None = None,
-        pacer: KeyPacer | None = None,
+        pacer: Pacer | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.protocol = CerebraformProtocol(settings, max_wait=max_wait, pacer=pacer, rng=rng)
@@ -150,7 +150,7 @@ class CerebraformAsyncClient:
         settings: ConnectionSettings,
         *,
         max_wait: float | None = None,
-        pacer: KeyPacer | None = None,
+        pacer: Pacer | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.protocol = CerebraformProtocol(settings, max_wait=max_wait, pacer=pacer, rng=rng)

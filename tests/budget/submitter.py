@@ -19,6 +19,7 @@ from pathlib import Path
 from airflow_provider_cerebraform.client import CerebraformClient
 from airflow_provider_cerebraform.exceptions import CerebraformError, CerebraformRateLimitError
 from airflow_provider_cerebraform.models import ConnectionSettings, Tier
+from airflow_provider_cerebraform.validation import build_submission
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     for prompt in prompts:
         began = time.monotonic()
         try:
-            request_id = client.submit("image", prompt)
+            request_id = client.submit(build_submission("image", prompt))
             results.append({"prompt": prompt, "request_id": request_id})
         except CerebraformRateLimitError as error:
             results.append({"prompt": prompt, "error": "rate_limited", "retry_after": error.retry_after})
