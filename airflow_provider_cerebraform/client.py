@@ -26,6 +26,7 @@ from airflow_provider_cerebraform.core import (
     FailureKind,
     HttpResponse,
     Outcome,
+    PacerCall,
     Sleep,
     TransportFailure,
 )
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
         TaskResult,
         TaskState,
     )
-    from airflow_provider_cerebraform.pacing import KeyPacer
+    from airflow_provider_cerebraform.pacing import Pacer
 
 T = TypeVar("T")
 
@@ -63,7 +64,7 @@ class CerebraformClient:
         *,
         max_wait: float | None = 60.0,
         session: requests.Session | None = None,
-        pacer: KeyPacer | None = None,
+        pacer: Pacer | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.protocol = CerebraformProtocol(settings, max_wait=max_wait, pacer=pacer, rng=rng)
@@ -102,6 +103,8 @@ class CerebraformClient:
             if isinstance(step, Sleep):
                 time.sleep(step.seconds)
                 outcome = None
+            elif isinstance(step, PacerCall):
+                outcome = step.call()
             else:
                 outcome = self._send(step.request)
 
@@ -147,7 +150,7 @@ class CerebraformAsyncClient:
         settings: ConnectionSettings,
         *,
         max_wait: float | None = None,
-        pacer: KeyPacer | None = None,
+        pacer: Pacer | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.protocol = CerebraformProtocol(settings, max_wait=max_wait, pacer=pacer, rng=rng)
@@ -177,6 +180,8 @@ class CerebraformAsyncClient:
             if isinstance(step, Sleep):
                 await asyncio.sleep(step.seconds)
                 outcome = None
+            elif isinstance(step, PacerCall):
+                outcome = await step.acall()
             else:
                 outcome = await self._send(step.request)
 

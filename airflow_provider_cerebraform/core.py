@@ -4,7 +4,8 @@ The one place that decides how to talk to Cerebraform.
 :class:`CerebraformProtocol` builds every request, paces it, reads every answer, maps errors to
 typed exceptions and decides each retry and wait. It does no I/O: each call returns a
 *conversation*, a generator that yields :class:`Send` and :class:`Sleep` steps and receives what
-the network answered. The sync and async clients (``client.py``) only carry those steps out, so
+the network answered (and, with a budget shared through a store, ``PacerCall`` steps that ask the
+store). The sync and async clients (``client.py``) only carry those steps out, so
 both follow the same rules by construction.
 
 Retry rules:
@@ -57,7 +58,7 @@ from airflow_provider_cerebraform.models import (
     TaskState,
     TaskStatus,
 )
-from airflow_provider_cerebraform.pacing import KeyPacer, pacer_for
+from airflow_provider_cerebraform.pacing import Pacer, PacerCall, pace, pacer_for
 from airflow_provider_cerebraform.validation import validate_kind, validate_request_id
 
 T = TypeVar("T")
@@ -126,8 +127,9 @@ class Sleep:
     seconds: float
 
 
-Step = Send | Sleep
-Outcome = HttpResponse | TransportFailure | None
+Step = Send | Sleep | PacerCall
+# What a PacerCall answered (a reservation, a delay or None) is sent back into the conversation too.
+Outcome = HttpResponse | TransportFailure | Any
 Conversation = Generator[Step, Outcome, T]
 
 
@@ -221,7 +223,7 @@ class CerebraformProtocol:
         settings: ConnectionSettings,
         *,
         max_wait: float | None = 60.0,
-        pacer: KeyPacer | None = None,
+        pacer: Pacer | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
@@ -276,7 +278,7 @@ class CerebraformProtocol:
         transient_retries = 0
         rate_limited_answers = 0
         while True:
-            reservation = window.reserve(self.retry.wait_left(waited))
+            reservation = yield from pace(window, "reserve", self.retry.wait_left(waited))
             if not reservation.admitted:
                 raise self._paced_out(request, reservation.delay)
             delay = reservation.delay
@@ -284,18 +286,18 @@ class CerebraformProtocol:
             while delay > 0:
                 wait_left = self.retry.wait_left(waited)
                 if wait_left is not None and delay > wait_left:
-                    window.cancel(reservation)
+                    yield from pace(window, "cancel", reservation)
                     raise self._paced_out(request, delay)
                 waited += delay
                 paced += delay
                 yield Sleep(delay)
                 # Requests ahead answered late, or a 429 elsewhere paused this key: the slot moves.
-                delay = window.confirm(reservation)
+                delay = yield from pace(window, "confirm", reservation)
             if paced:
                 metrics.incr(metrics.PACED_WAITS, bucket=request.bucket.value)
                 metrics.timing(metrics.PACED_WAIT_TIME, paced, bucket=request.bucket.value)
             outcome = yield Send(request)
-            window.settle(reservation)
+            yield from pace(window, "settle", reservation)
             if isinstance(outcome, TransportFailure):
                 if (
                     not self._may_retry_failure(request, outcome)
@@ -310,7 +312,7 @@ class CerebraformProtocol:
                 metrics.incr(metrics.RATE_LIMITED, bucket=request.bucket.value)
                 rate_limited_answers += 1
                 wait = self.retry.retry_after(outcome, rate_limited_answers)
-                window.on_rate_limited(wait)
+                yield from pace(window, "on_rate_limited", wait)
                 if self.retry.rate_limit_exceeded(wait, rate_limited_answers, waited):
                     raise self._error(request, outcome, retry_after=wait)
                 # Retry-After is when the window opens; the pacer queues this call behind it.
@@ -321,7 +323,7 @@ class CerebraformProtocol:
                 yield Sleep(self.retry.backoff(transient_retries))
                 continue
             if 200 <= outcome.status_code < 300:
-                window.on_success()
+                yield from pace(window, "on_success")
                 return parse(outcome)
             raise self._error(request, outcome)
 

@@ -85,6 +85,30 @@ def get_provider_info() -> dict[str, Any]:
                         "lower it when several triggerers or workers use the same key.",
                         "schema": {"type": ["number", "null"], "default": 1.0, "minimum": 0.01, "maximum": 1},
                     },
+                    "budget": {
+                        "label": "Rate budget shared by",
+                        "description": "Who shares the key's rate budget: 'process' (each process paces "
+                        "alone), 'host' (every process on this machine, through a locked file) or 'redis' "
+                        "(every process on every host, through the Redis URL below; needs the provider's "
+                        "[redis] extra). See docs/scaling.md.",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "enum": ["process", "host", "redis"],
+                            "default": "process",
+                        },
+                    },
+                    "budget_dir": {
+                        "label": "Host budget directory",
+                        "description": "For budget 'host': a directory every Airflow process on the "
+                        "machine can write (default: cerebraform-budget under the system temp directory).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "redis_url": {
+                        "label": "Budget Redis URL",
+                        "description": "For budget 'redis': redis://[:password@]host:port/db of a Redis "
+                        "every Airflow host reaches (the Celery broker's Redis will do).",
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "verify_ssl": {
                         "label": "Verify TLS certificates",
                         "description": "Check the API's TLS certificate. Turn off only for a test server "

@@ -211,6 +211,11 @@ class ConnectionSettings:
     :param time_scale: divides the rate-limit windows; only for an emulator started with the same
         ``--time-scale``. Leave at 1 for the real service.
     :param verify_ssl: verify TLS certificates.
+    :param budget: who shares the rate budget of the key: ``process`` (each process paces alone),
+        ``host`` (every process on this machine, through a locked file) or ``redis`` (every process
+        on every host, through Redis). See ``docs/scaling.md``.
+    :param budget_dir: the directory of the ``host`` budget's files (default: under the temp dir).
+    :param redis_url: the Redis of the ``redis`` budget; may hold a password, so never in ``repr``.
     """
 
     base_url: str
@@ -222,6 +227,9 @@ class ConnectionSettings:
     rate_share: float = 1.0
     time_scale: float = 1.0
     verify_ssl: bool = True
+    budget: str = "process"
+    budget_dir: str | None = None
+    redis_url: str | None = field(default=None, repr=False)
 
     @property
     def key_id(self) -> str:

@@ -19,14 +19,13 @@ per window's worth of successes), so the processes settle under the shared limit
 
 from __future__ import annotations
 
-import contextlib
+import itertools
+import json
 import math
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_cerebraform.models import (
     ANONYMOUS_LIMIT,
@@ -37,7 +36,7 @@ from airflow_provider_cerebraform.models import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Generator
 
 # The service counts a request when it arrives; keep a small gap so that a slot released at the
 # service's edge of the window is not used a hair too early.
@@ -45,13 +44,117 @@ _EDGE_MARGIN_FRACTION = 0.01
 _EDGE_MARGIN_MAX = 0.5
 
 
-class _Slot:
-    """One request's place in a window: when it is (or was) sent, later when it was answered."""
+@dataclass
+class WindowState:
+    """
+    What a window remembers, as plain data so that a shared store can keep it (``budget``).
 
-    __slots__ = ("at",)
+    :param slots: ``[slot id, time]`` of each reserved request, in the order they were reserved;
+        the time is when it is (or was) sent, later when it was answered.
+    :param allowed: the adaptive ceiling (None: the full ceiling).
+    :param paused_until: the end of the pause a 429's ``Retry-After`` asked for.
+    :param decreased_at: when the ceiling was last halved (None: never).
+    """
 
-    def __init__(self, at: float) -> None:
-        self.at = at
+    slots: list[list[Any]] = field(default_factory=list)
+    allowed: float | None = None
+    paused_until: float = 0.0
+    decreased_at: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"s": self.slots, "a": self.allowed, "p": self.paused_until, "d": self.decreased_at},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes | None) -> WindowState:
+        if not text:
+            return cls()
+        data = json.loads(text)
+        return cls(data["s"], data["a"], data["p"], data["d"])
+
+
+class WindowRules:
+    """
+    The rules of a sliding window with reservations and an adaptive (AIMD) ceiling, applied to a
+    :class:`WindowState` at a given time. No I/O and no clock: the in-process window and the shared
+    budgets (``budget``) both call these, so every backend follows the same rules.
+
+    :param limit: the published number of requests per window.
+    :param period: the window in seconds.
+    :param share: the fraction of ``limit`` this process (or, with a shared budget, the deployment) may use.
+    """
+
+    def __init__(self, limit: int, period: float, share: float = 1.0) -> None:
+        self.period = period
+        self.ceiling = max(1.0, math.floor(limit * share))
+        self.margin = min(_EDGE_MARGIN_MAX, period * _EDGE_MARGIN_FRACTION)
+
+    def allowed(self, state: WindowState) -> float:
+        return self.ceiling if state.allowed is None else min(self.ceiling, state.allowed)
+
+    def reserve(
+        self, state: WindowState, now: float, slot_id: Any, max_delay: float | None
+    ) -> tuple[float, bool]:
+        """Take the next free slot as ``slot_id`` unless the wait exceeds ``max_delay``: (delay, taken)."""
+        slots = state.slots
+        expired = 0
+        while expired < len(slots) and slots[expired][1] <= now - self.period:
+            expired += 1
+        del slots[:expired]
+        allowed = int(self.allowed(state))
+        at = max(now, state.paused_until)
+        if slots:
+            at = max(at, slots[-1][1])
+        if len(slots) >= allowed:
+            at = max(at, slots[-allowed][1] + self.period + self.margin)
+            # Once callers queue, space them evenly instead of releasing each window's budget
+            # in one burst: many waiters then get polled in turn every K/B minutes, not once a
+            # window all at its start (docs/benchmarks.md, triggerer scale).
+            at = max(at, slots[-1][1] + self.period / allowed)
+        delay = at - now
+        if max_delay is not None and delay > max_delay:
+            return delay, False
+        slots.append([slot_id, at])
+        return delay, True
+
+    def confirm(self, state: WindowState, now: float, slot_id: Any) -> float:
+        """How much longer the holder of ``slot_id`` waits before sending (0: now); moves the slot."""
+        need = max(now, state.paused_until)
+        position = next((n for n, slot in enumerate(state.slots) if slot[0] == slot_id), -1)
+        allowed = int(self.allowed(state))
+        if position >= allowed:
+            # Latest time any request at least `allowed` places ahead may have been counted.
+            ahead = max(slot[1] for slot in state.slots[: position - allowed + 1])
+            need = max(need, ahead + self.period + self.margin)
+        if position >= 0:
+            state.slots[position][1] = max(state.slots[position][1], need)
+        return need - now
+
+    def settle(self, state: WindowState, now: float, slot_id: Any) -> None:
+        for slot in state.slots:
+            if slot[0] == slot_id:
+                slot[1] = max(slot[1], now)
+                return
+
+    def cancel(self, state: WindowState, slot_id: Any) -> None:
+        state.slots[:] = [slot for slot in state.slots if slot[0] != slot_id]
+
+    def on_success(self, state: WindowState) -> None:
+        state.allowed = min(self.ceiling, self.allowed(state) + 1.0 / self.ceiling)
+
+    def on_rate_limited(self, state: WindowState, now: float, retry_after: float) -> None:
+        # Halve once per episode: the 429s of requests already in flight when the first one
+        # arrived are the same congestion, not new evidence (compounding them took a key with
+        # a few concurrent 429s down to 1 request per window for hours). And at most once per
+        # window: a storm of 429s with short Retry-After answers otherwise halves the rate again
+        # after every pause, down to 1 request per window (1 task an hour on the create bucket).
+        decreased_at = -math.inf if state.decreased_at is None else state.decreased_at
+        if now >= state.paused_until and now >= decreased_at + self.period:
+            state.allowed = max(1.0, self.allowed(state) / 2)
+            state.decreased_at = now
+        state.paused_until = max(state.paused_until, now + retry_after)
 
 
 @dataclass(frozen=True)
@@ -60,12 +163,61 @@ class Reservation:
 
     delay: float
     admitted: bool
-    slot: _Slot | None = field(default=None, repr=False, compare=False)
+    slot: Any = field(default=None, repr=False, compare=False)
+
+
+class Window(Protocol):
+    """
+    What :class:`~airflow_provider_cerebraform.core.CerebraformProtocol` asks of a bucket's window.
+    Windows whose ``does_io`` is true (shared budgets) are asked through :class:`PacerCall` steps,
+    so that the async client awaits their ``a``-prefixed forms and never blocks its event loop.
+    """
+
+    period: float
+    does_io: bool
+
+    def reserve(self, max_delay: float | None = None) -> Reservation: ...
+    def confirm(self, reservation: Reservation) -> float: ...
+    def settle(self, reservation: Reservation) -> None: ...
+    def cancel(self, reservation: Reservation) -> None: ...
+    def on_success(self) -> None: ...
+    def on_rate_limited(self, retry_after: float) -> None: ...
+
+
+class Pacer(Protocol):
+    """The pacing of one key: a window per bucket. Inject one into the protocol to replace the default."""
+
+    def window(self, bucket: Bucket) -> Window: ...
+
+
+@dataclass(frozen=True)
+class PacerCall:
+    """
+    A conversation step: call ``window.<method>(*args)`` and send back its answer. The sync client
+    calls the method; the async client awaits ``a<method>`` (shared budgets talk to their store).
+    """
+
+    window: Window
+    method: str
+    args: tuple[Any, ...] = ()
+
+    def call(self) -> Any:
+        return getattr(self.window, self.method)(*self.args)
+
+    async def acall(self) -> Any:
+        return await getattr(self.window, "a" + self.method)(*self.args)
+
+
+def pace(window: Window, method: str, *args: Any) -> Generator[PacerCall, Any, Any]:
+    """Ask ``window``: directly when it is in memory, through a :class:`PacerCall` step when it does I/O."""
+    if window.does_io:
+        return (yield PacerCall(window, method, args))
+    return getattr(window, method)(*args)
 
 
 class SlidingWindow:
     """
-    A sliding-window limiter with reservations and an adaptive (AIMD) ceiling.
+    The in-process window (``budget`` ``process``): :class:`WindowRules` over a state in memory.
 
     :param limit: the published number of requests per window.
     :param period: the window in seconds.
@@ -73,18 +225,26 @@ class SlidingWindow:
     :param clock: a monotonic clock, replaceable in tests.
     """
 
+    does_io = False
+
     def __init__(
         self, limit: int, period: float, share: float = 1.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
+        self.rules = WindowRules(limit, period, share)
         self.period = period
-        self.ceiling = max(1.0, math.floor(limit * share))
-        self.allowed = self.ceiling
-        self.paused_until = 0.0
-        self._decreased_at = -math.inf
+        self.ceiling = self.rules.ceiling
+        self.state = WindowState()
         self._clock = clock
-        self._slots: deque[_Slot] = deque()
-        self._margin = min(_EDGE_MARGIN_MAX, period * _EDGE_MARGIN_FRACTION)
+        self._ids = itertools.count()
         self._lock = threading.Lock()
+
+    @property
+    def allowed(self) -> float:
+        return self.rules.allowed(self.state)
+
+    @property
+    def paused_until(self) -> float:
+        return self.state.paused_until
 
     def reserve(self, max_delay: float | None = None) -> Reservation:
         """
@@ -92,25 +252,9 @@ class SlidingWindow:
         nothing is taken and the reservation says how long the wait would have been.
         """
         with self._lock:
-            now = self._clock()
-            while self._slots and self._slots[0].at <= now - self.period:
-                self._slots.popleft()
-            allowed = int(self.allowed)
-            at = max(now, self.paused_until)
-            if self._slots:
-                at = max(at, self._slots[-1].at)
-            if len(self._slots) >= allowed:
-                at = max(at, self._slots[-allowed].at + self.period + self._margin)
-                # Once callers queue, space them evenly instead of releasing each window's budget
-                # in one burst: many waiters then get polled in turn every K/B minutes, not once a
-                # window all at its start (docs/benchmarks.md, triggerer scale).
-                at = max(at, self._slots[-1].at + self.period / allowed)
-            delay = at - now
-            if max_delay is not None and delay > max_delay:
-                return Reservation(delay=delay, admitted=False)
-            slot = _Slot(at)
-            self._slots.append(slot)
-            return Reservation(delay=delay, admitted=True, slot=slot)
+            slot_id = next(self._ids)
+            delay, admitted = self.rules.reserve(self.state, self._clock(), slot_id, max_delay)
+            return Reservation(delay, admitted, slot_id if admitted else None)
 
     def confirm(self, reservation: Reservation) -> float:
         """
@@ -119,50 +263,27 @@ class SlidingWindow:
         counts a request when it arrives, which can be any time until its answer) or a 429 paused
         the key; the slot then moves later.
         """
-        slot = reservation.slot
         with self._lock:
-            now = self._clock()
-            need = max(now, self.paused_until)
-            try:
-                position = self._slots.index(slot) if slot is not None else -1
-            except ValueError:
-                position = -1
-            allowed = int(self.allowed)
-            if position >= allowed:
-                # Latest time any request at least `allowed` places ahead may have been counted.
-                ahead = max(other.at for other in islice(self._slots, 0, position - allowed + 1))
-                need = max(need, ahead + self.period + self._margin)
-            if slot is not None:
-                slot.at = max(slot.at, need)
-            return need - now
+            return self.rules.confirm(self.state, self._clock(), reservation.slot)
 
     def settle(self, reservation: Reservation) -> None:
         """The request was answered (or failed): the service counted it at the latest now."""
         if reservation.slot is not None:
             with self._lock:
-                reservation.slot.at = max(reservation.slot.at, self._clock())
+                self.rules.settle(self.state, self._clock(), reservation.slot)
 
     def cancel(self, reservation: Reservation) -> None:
         """Give a reserved slot back unused."""
-        with self._lock, contextlib.suppress(ValueError):
-            self._slots.remove(reservation.slot)
+        with self._lock:
+            self.rules.cancel(self.state, reservation.slot)
 
     def on_success(self) -> None:
         with self._lock:
-            self.allowed = min(self.ceiling, self.allowed + 1.0 / self.ceiling)
+            self.rules.on_success(self.state)
 
     def on_rate_limited(self, retry_after: float) -> None:
         with self._lock:
-            now = self._clock()
-            # Halve once per episode: the 429s of requests already in flight when the first one
-            # arrived are the same congestion, not new evidence (compounding them took a key with
-            # a few concurrent 429s down to 1 request per window for hours). And at most once per
-            # window: a storm of 429s with short Retry-After answers otherwise halves the rate again
-            # after every pause, down to 1 request per window (1 task an hour on the create bucket).
-            if now >= self.paused_until and now >= self._decreased_at + self.period:
-                self.allowed = max(1.0, self.allowed / 2)
-                self._decreased_at = now
-            self.paused_until = max(self.paused_until, now + retry_after)
+            self.rules.on_rate_limited(self.state, self._clock(), retry_after)
 
 
 class KeyPacer:
@@ -185,23 +306,35 @@ class KeyPacer:
         return self._windows[bucket]
 
 
-_pacers: dict[tuple[str, str, str, float, float], KeyPacer] = {}
+_pacers: dict[tuple[Any, ...], Pacer] = {}
 _pacers_lock = threading.Lock()
 
 
-def pacer_for(settings: ConnectionSettings) -> KeyPacer:
-    """The process-wide pacer of this key and service; created on first use."""
+def pacer_for(settings: ConnectionSettings) -> Pacer:
+    """
+    The process-wide pacer of this key and service, created on first use: in memory for the
+    ``process`` budget, else a handle on the budget shared with other processes (``budget``).
+    """
     identity = (
         settings.base_url,
         settings.key_id,
         settings.tier.value,
         settings.rate_share,
         settings.time_scale,
+        settings.budget,
+        settings.budget_dir,
+        settings.redis_url,
     )
     with _pacers_lock:
         pacer = _pacers.get(identity)
         if pacer is None:
-            pacer = _pacers[identity] = KeyPacer(settings)
+            if settings.budget == "process":
+                pacer = KeyPacer(settings)
+            else:
+                from airflow_provider_cerebraform.budget import shared_pacer
+
+                pacer = shared_pacer(settings)
+            _pacers[identity] = pacer
         return pacer
 
 

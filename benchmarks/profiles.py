@@ -40,6 +40,10 @@ class Profile:
     # 5. imports and parsing: repetitions (median)
     import_repeats: int
     parse_repeats: int
+    # 6. shared budgets: the burst (tier, time scale, worker processes) and the polling row
+    #    (waits, time scale, triggerer processes)
+    budget_burst: tuple[str, float, int] = ("free", 1800.0, 2)
+    budget_poll: tuple[int, float, int] = (40, 60.0, 2)
 
 
 FULL = Profile(
@@ -66,6 +70,8 @@ FULL = Profile(
     slot_time_scale=20.0,
     import_repeats=7,
     parse_repeats=5,
+    budget_burst=("paid", 180.0, 8),
+    budget_poll=(1000, 20.0, 2),
 )
 
 SMOKE = Profile(

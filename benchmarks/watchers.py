@@ -31,6 +31,7 @@ def _prepare(watcher: str) -> None:
     if watcher == "provider":
         importlib.import_module("airflow_provider_cerebraform.triggers.cerebraform")
         importlib.import_module("airflow_provider_cerebraform.hooks.cerebraform")
+        importlib.import_module("redis.asyncio")  # the shared budget's client (benchmark 6)
     elif watcher == "http_sensor":
         importlib.import_module("airflow.providers.http.triggers.http")
     importlib.import_module("httpx")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
+from airflow_provider_cerebraform.budget import store_secrets
 from airflow_provider_cerebraform.client import CerebraformAsyncClient, CerebraformClient
 from airflow_provider_cerebraform.exceptions import CerebraformError, CerebraformValidationError
 from airflow_provider_cerebraform.media import DEFAULT_FILE_NAME, DEFAULT_MAX_BYTES, MediaDownloader
@@ -100,6 +101,7 @@ def settings_from_connection(conn: Connection) -> ConnectionSettings:
         raise CerebraformValidationError(
             f"Invalid connection field tier={tier_value!r}: expected 'free' or 'paid'."
         ) from None
+    budget, budget_dir, redis_url = _budget(extras)
     return ConnectionSettings(
         base_url=base_url,
         api_key=(conn.password or "").strip() or None,
@@ -110,7 +112,35 @@ def settings_from_connection(conn: Connection) -> ConnectionSettings:
         rate_share=_number(extras, "rate_share", 1.0, minimum=0.01, maximum=1.0),
         time_scale=_number(extras, "time_scale", 1.0, minimum=0.001, maximum=1_000_000),
         verify_ssl=_flag(extras, "verify_ssl", True),
+        budget=budget,
+        budget_dir=budget_dir,
+        redis_url=redis_url,
     )
+
+
+def _budget(extras: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    """The ``budget`` extra and what it needs: a directory for ``host``, a Redis URL for ``redis``."""
+    budget = str(_extra(extras, "budget") or "process").strip().lower()
+    if budget not in ("process", "host", "redis"):
+        raise CerebraformValidationError(
+            f"Invalid connection field budget={budget!r}: expected 'process', 'host' or 'redis'."
+        )
+    budget_dir = _extra(extras, "budget_dir")
+    redis_url = _extra(extras, "redis_url")
+    if budget == "redis":
+        if not redis_url or not str(redis_url).startswith(("redis://", "rediss://", "unix://")):
+            raise CerebraformValidationError(
+                "Invalid connection field redis_url: budget='redis' needs a redis://, rediss:// or "
+                "unix:// URL of the Redis that holds the shared budget."
+            )
+        import importlib.util
+
+        if importlib.util.find_spec("redis") is None:
+            raise CerebraformValidationError(
+                "Connection field budget='redis' needs the redis package: "
+                "pip install 'airflow-provider-cerebraform[redis]'."
+            )
+    return budget, str(budget_dir) if budget_dir else None, str(redis_url) if redis_url else None
 
 
 class CerebraformHook(BaseHook):
@@ -156,6 +186,8 @@ class CerebraformHook(BaseHook):
                 from airflow.sdk.log import mask_secret
 
                 mask_secret(settings.api_key)
+                for secret in store_secrets(settings):
+                    mask_secret(secret)
         else:
             self.log.warning(
                 "Connection %r has no API key: requests run on the anonymous quota "
@@ -182,6 +214,17 @@ class CerebraformHook(BaseHook):
                 from airflow.sdk.log import amask_secret
 
                 await amask_secret(settings.api_key)
+            if settings.budget != "process":
+                import asyncio
+
+                from airflow.sdk.log import amask_secret
+
+                from airflow_provider_cerebraform.budget import prepare
+
+                for secret in store_secrets(settings):
+                    await amask_secret(secret)
+                # The store's client library is imported and the store made off the event loop.
+                await asyncio.to_thread(prepare, settings)
             self._async_client = CerebraformAsyncClient(settings)
         return self._async_client
 
