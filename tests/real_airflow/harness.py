@@ -26,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +42,6 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 TEST_DAGS = Path(__file__).resolve().parent / "dags"
 EXAMPLE_DAGS = REPO / "example_dags"
-#: Bytecode cache shared by the stack's processes and across runs: the environment may set
-#: PYTHONDONTWRITEBYTECODE, and compiling Airflow afresh in each of five processes costs seconds each.
-PYCACHE = Path(tempfile.gettempdir()) / f"cerebraform-real-airflow-pycache-{os.getuid()}"
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 
 
@@ -488,7 +484,6 @@ class AirflowStack:
         # Nothing of the test process's own Airflow configuration (tests/conftest.py sets some) leaks in.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(PYCACHE)
         env["PYTHONUNBUFFERED"] = "1"
         env["NO_COLOR"] = "1"
         return env
