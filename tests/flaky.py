@@ -23,8 +23,11 @@ REPO = Path(__file__).resolve().parents[1]
 BUSY = "import itertools\nfor _ in itertools.count(): pass\n"
 
 
-def _outcomes(report: Path) -> dict[str, str]:
-    """``{test id: passed|failed|error|skipped}`` from one JUnit XML report."""
+def _outcomes(report: Path, reasons: dict[str, list[str]]) -> dict[str, str]:
+    """
+    ``{test id: passed|failed|error|skipped}`` from one JUnit XML report; the message of each failure
+    or error is added to ``reasons`` under its test.
+    """
     outcomes: dict[str, str] = {}
     for case in ET.parse(report).getroot().iter("testcase"):
         test_id = f"{case.get('classname')}::{case.get('name')}"
@@ -32,6 +35,8 @@ def _outcomes(report: Path) -> dict[str, str]:
         for child in case:
             if child.tag in ("failure", "error", "skipped"):
                 state = "failed" if child.tag == "failure" else child.tag
+            if child.tag in ("failure", "error"):
+                reasons[test_id].append((child.get("message") or child.text or "")[:500])
         outcomes[test_id] = state
     return outcomes
 
@@ -47,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(args.load)]
     failures: dict[str, list[int]] = defaultdict(list)
+    reasons: dict[str, list[str]] = defaultdict(list)
     lines: list[str] = []
     seen: set[str] = set()
     try:
@@ -62,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                     stdout=subprocess.DEVNULL if os.environ.get("FLAKY_QUIET") else None,
                 )
                 wall = time.monotonic() - began
-                outcomes = _outcomes(report) if report.exists() else {}
+                outcomes = _outcomes(report, reasons) if report.exists() else {}
                 seen.update(outcomes)
                 bad = [test for test, state in outcomes.items() if state in ("failed", "error")]
                 for test in bad:
@@ -82,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     lines.append(f"{len(seen)} tests, {args.runs} runs, {sum(map(len, failures.values()))} failures")
     for test, runs in sorted(failures.items()):
         lines.append(f"  FAILED {len(runs)}/{args.runs} (runs {', '.join(map(str, runs))}): {test}")
+        lines.extend(f"    {reason}" for reason in reasons.get(test, []))
     text = "\n".join(lines)
     print(text)
     Path(args.report).write_text(text + "\n")
