@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-
 from airflow_provider_cerebraform.client import CerebraformAsyncClient, CerebraformClient
 from airflow_provider_cerebraform.exceptions import CerebraformError, CerebraformValidationError
 from airflow_provider_cerebraform.media import DEFAULT_FILE_NAME, DEFAULT_MAX_BYTES, MediaDownloader
 from airflow_provider_cerebraform.models import ConnectionSettings, Submission, Tier
 from airflow_provider_cerebraform.validation import as_submission
+from airflow_provider_cerebraform.version_compat import BaseHook, amask_secret, mask_secret
 
 if TYPE_CHECKING:
     from logging import Logger
@@ -134,8 +133,6 @@ class CerebraformHook(BaseHook):
         settings = settings_from_connection(conn)
         if settings.api_key:
             if mask:
-                from airflow.sdk.log import mask_secret
-
                 mask_secret(settings.api_key)
         else:
             self.log.warning(
@@ -160,8 +157,6 @@ class CerebraformHook(BaseHook):
             settings = self._settings(await self.aget_connection(self.cerebraform_conn_id), mask=False)
             if settings.api_key:
                 # The async form: in the triggerer, mask_secret() is a blocking call to the supervisor.
-                from airflow.sdk.log import amask_secret
-
                 await amask_secret(settings.api_key)
             self._async_client = CerebraformAsyncClient(settings)
         return self._async_client

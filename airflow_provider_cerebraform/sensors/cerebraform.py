@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
 from airflow_provider_cerebraform.polling import TRANSIENT_ERRORS, StatusPoller, state_event
 from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finished, raise_for_event
 from airflow_provider_cerebraform.validation import validate_kind, validate_literals, validate_request_id
+from airflow_provider_cerebraform.version_compat import AirflowSensorTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
