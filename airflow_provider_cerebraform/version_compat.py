@@ -26,6 +26,11 @@ AIRFLOW_VERSION = _airflow_version()
 AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= AIRFLOW_VERSION
 AIRFLOW_V_3_2_PLUS = Version("3.2.0") <= AIRFLOW_VERSION
 AIRFLOW_V_3_3_PLUS = Version("3.3.0") <= AIRFLOW_VERSION
+#: From 3.3.2 ``BaseHook.aget_connection`` and ``amask_secret`` mask without a blocking call to the
+#: supervisor. Before, ``aget_connection`` (3.1+) masks synchronously, which can raise
+#: ``DeadlockImminentError`` in the triggerer (the reason common.compat's ``get_async_connection`` has);
+#: 3.0 has no ``aget_connection`` at all. There the lookup runs in a worker thread instead.
+ASYNC_CONNECTION_LOOKUP = Version("3.3.2") <= AIRFLOW_VERSION
 
 # BaseHook joined the Task SDK's public names in 3.1; in 3.0 it is still Airflow core's.
 if AIRFLOW_V_3_1_PLUS:
@@ -61,17 +66,10 @@ def mask_secret(secret: str) -> None:
 
 
 async def amask_secret(secret: str) -> None:
-    """
-    Mask ``secret`` from the event loop. In 3.3 the triggerer's ``mask_secret()`` is a blocking call to
-    its supervisor, hence ``amask_secret``; before 3.3 ``mask_secret()`` only masks in-process and
-    tells a task supervisor when there is one, so it is safe to call from the loop.
-    """
-    if AIRFLOW_V_3_3_PLUS:
-        from airflow.sdk.log import amask_secret as _amask_secret
+    """Mask ``secret`` from the event loop (only with ``ASYNC_CONNECTION_LOOKUP``: 3.3.2+)."""
+    from airflow.sdk.log import amask_secret as _amask_secret
 
-        await _amask_secret(secret)
-    else:
-        mask_secret(secret)
+    await _amask_secret(secret)
 
 
 def task_state_store(context: Mapping[str, Any]) -> Any:
@@ -83,11 +81,48 @@ def task_state_store(context: Mapping[str, Any]) -> Any:
 #: on; before, only from the hook's ``get_connection_form_widgets`` / ``get_ui_field_behaviour``.
 DECLARATIVE_CONN_FIELDS = AIRFLOW_V_3_2_PLUS
 
+
+def form_widgets_from_conn_fields(conn_fields: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    The WTForms fields Airflow before 3.2 builds its connection form from, made from the provider
+    info's ``conn-fields`` so that one definition serves every version. Only the field classes old
+    Airflow accepts (and its API server can render without Flask-AppBuilder) are used: a ``number``
+    is a text field, read as a number by the hook like a hand-written extra.
+
+    :param conn_fields: the ``conn-fields`` of one connection type in the provider info.
+    """
+    from wtforms import BooleanField, IntegerField, StringField
+    from wtforms.validators import Optional, any_of
+
+    classes = {"boolean": BooleanField, "integer": IntegerField}
+    widgets: dict[str, Any] = {}
+    for name, definition in conn_fields.items():
+        schema = definition.get("schema", {})
+        types = schema.get("type", "string")
+        kind = next((t for t in ([types] if isinstance(types, str) else types) if t != "null"), "string")
+        validators: list[Any] = [Optional()]
+        if "enum" in schema:
+            validators.append(any_of(schema["enum"]))
+        widgets[name] = classes.get(kind, StringField)(
+            definition.get("label", name),
+            validators=validators,
+            description=definition.get("description", ""),
+            default=schema.get("default"),
+        )
+    return widgets
+
+
+def field_behaviour_from_provider_info(behaviour: Mapping[str, Any]) -> dict[str, Any]:
+    """The provider info's ``ui-field-behaviour`` in the hook method's form (snake_case keys)."""
+    return {key.replace("-", "_"): value for key, value in behaviour.items()}
+
+
 __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_1_PLUS",
     "AIRFLOW_V_3_2_PLUS",
     "AIRFLOW_V_3_3_PLUS",
+    "ASYNC_CONNECTION_LOOKUP",
     "DECLARATIVE_CONN_FIELDS",
     "AirflowException",
     "AirflowFailException",
@@ -96,6 +131,8 @@ __all__ = [
     "BaseHook",
     "TaskDeferred",
     "amask_secret",
+    "field_behaviour_from_provider_info",
+    "form_widgets_from_conn_fields",
     "mask_secret",
     "task_state_store",
 ]

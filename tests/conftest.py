@@ -76,6 +76,19 @@ def load_dag(relative_path: str, dag_id: str) -> DAG:
     return found[0]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``airflow_min("3.3", reason=...)`` on an older Airflow, with the reason."""
+    from packaging.version import Version
+
+    from airflow_provider_cerebraform.version_compat import AIRFLOW_VERSION
+
+    for item in items:
+        marker = item.get_closest_marker("airflow_min")
+        if marker is not None and Version(marker.args[0]) > AIRFLOW_VERSION:
+            reason = marker.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"Airflow {marker.args[0]}+ only: {reason}"))
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
