@@ -63,9 +63,9 @@ def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
 
 
 def _json_output(stdout: str) -> list[dict]:
-    """The JSON document of a CLI's output; Airflow 3.0 and 3.1 print log lines before it."""
+    """The JSON document of a CLI's output; Airflow 3.0 prints ``[<timestamp>]`` log lines before it."""
     lines = stdout.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("["))
+    start = next(i for i, line in enumerate(lines) if line.startswith("[") and not line.startswith("[20"))
     return json.loads("\n".join(lines[start:]))
 
 

@@ -236,6 +236,7 @@ def _retry() -> DAG:
         SubmitThenCrashOnce(
             task_id="submit_crash_once",
             prompt="a lantern in the fog",
+            state_location="{{ params.output }}/state",  # the retry record before Airflow 3.3
             retries=1,
             retry_delay=timedelta(0),
         )
