@@ -8,7 +8,7 @@ not spend retries on them.
 
 from __future__ import annotations
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow_provider_cerebraform.version_compat import AirflowException, AirflowFailException
 
 
 class CerebraformError(AirflowException):

@@ -8,7 +8,9 @@ write), and applies the user's :class:`~airflow_provider_cerebraform.models.Unce
 
 :class:`SubmissionRecordStore` is the whole interface a storage needs: one record per task
 instance, read and replaced. :class:`TaskStateSubmissionStore` keeps it in Airflow 3.3's
-``context["task_state_store"]``.
+``context["task_state_store"]``, or before 3.3 in an
+:class:`~airflow_provider_cerebraform.state_storage.ObjectStorageTaskState` (same interface) under the
+operator's ``state_location``.
 """
 
 from __future__ import annotations
@@ -96,15 +98,31 @@ class TaskStateSubmissionStore:
 _warned_no_store = False
 
 
-def submission_store(context: Any, log: Logger) -> SubmissionRecordStore | None:
-    """The task instance's record store, or None (with a one-time warning) when this Airflow has none."""
+def task_state(context: Any, state_location: Any = None) -> Any:
+    """
+    The task instance's state that survives its retries: Airflow 3.3's ``task_state_store``; before
+    3.3 an :class:`~airflow_provider_cerebraform.state_storage.ObjectStorageTaskState` under
+    ``state_location`` (same ``get``/``set``/``delete``); None when there is neither.
+    """
+    from airflow_provider_cerebraform.state_storage import ObjectStorageTaskState
+    from airflow_provider_cerebraform.version_compat import task_state_store
+
+    store = task_state_store(context)
+    if store is None and state_location is not None:
+        store = ObjectStorageTaskState.for_task_instance(state_location, context)
+    return store
+
+
+def submission_store(context: Any, log: Logger, state_location: Any = None) -> SubmissionRecordStore | None:
+    """The task instance's record store, or None (with a one-time warning) when there is none."""
     global _warned_no_store
-    task_state_store = context.get("task_state_store")
-    if task_state_store is not None:
-        return TaskStateSubmissionStore(task_state_store)
+    store = task_state(context, state_location)
+    if store is not None:
+        return TaskStateSubmissionStore(store)
     if not _warned_no_store:
         _warned_no_store = True
         log.warning(
-            "This Airflow has no task_state_store: a retry of a submit task may submit (and pay) again."
+            "This Airflow has no task_state_store and the task no state_location: a retry of a submit "
+            "task may submit (and pay) again."
         )
     return None

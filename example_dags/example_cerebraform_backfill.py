@@ -51,9 +51,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Asset, ObjectStoragePath, task
-from airflow.sdk.exceptions import AirflowSkipException
 
 from airflow_provider_cerebraform.operators.cerebraform import CerebraformGenerateOperator
+from airflow_provider_cerebraform.version_compat import AirflowSkipException
 
 POLL_INTERVAL = float(os.environ.get("CEREBRAFORM_POLL_INTERVAL", "10"))
 OUTPUT = "{{ var.value.get('cerebraform_output', 'file:///tmp/cerebraform-output') }}"

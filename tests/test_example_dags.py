@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from airflow_compat import dag_bag
 from conftest import REPO, load_dag
 
 if TYPE_CHECKING:
@@ -109,11 +110,9 @@ def asset_event_extras(asset_name: str, run_id: str) -> list[dict[str, Any]]:
 
 
 def test_every_example_dag_loads_without_import_errors_or_warnings() -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bag = DagBag(dag_folder=EXAMPLES, known_pools={"default_pool", CREATE_POOL})
+        bag = dag_bag(dag_folder=EXAMPLES, known_pools={"default_pool", CREATE_POOL})
 
     assert bag.import_errors == {}
     assert bag.captured_warnings == {}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import airflow
 import jsonschema
+import pytest
 
 from airflow_provider_cerebraform.get_provider_info import get_provider_info
 
@@ -45,7 +46,7 @@ def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
         timeout=180,
     )
     assert listed.returncode == 0, listed.stderr[-2000:]
-    packages = {row["package_name"]: row for row in json.loads(listed.stdout)}
+    packages = {row["package_name"]: row for row in _json_output(listed.stdout)}
     assert "airflow-provider-cerebraform" in packages
     hooks = subprocess.run(
         [*airflow_cli, "providers", "hooks", "-o", "json"],
@@ -55,12 +56,39 @@ def test_airflow_cli_lists_the_provider_and_its_connection_type(tmp_path):
         timeout=180,
     )
     assert hooks.returncode == 0, hooks.stderr[-2000:]
-    rows = {row["connection_type"]: row for row in json.loads(hooks.stdout)}
+    rows = {row["connection_type"]: row for row in _json_output(hooks.stdout)}
     assert rows["cerebraform"]["class"] == "airflow_provider_cerebraform.hooks.cerebraform.CerebraformHook"
     assert rows["cerebraform"]["package_name"] == "airflow-provider-cerebraform"
     assert rows["cerebraform"]["hook_name"] == "Cerebraform"
 
 
+def _json_output(stdout: str) -> list[dict]:
+    """The JSON document of a CLI's output; Airflow 3.0 prints ``[<timestamp>]`` log lines before it."""
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("[") and not line.startswith("[20"))
+    return json.loads("\n".join(lines[start:]))
+
+
+def test_connection_form_shows_the_fields_on_every_airflow():
+    """What the UI's connection form is built from (``/ui/connections/hook_meta``): before Airflow 3.2
+    the hook's WTForms fields, from 3.2 the provider info's ``conn-fields``; both from one definition."""
+    from airflow.api_fastapi.core_api.services.ui.connections import HookMetaService
+
+    (meta,) = [hook for hook in HookMetaService.hook_meta_data() if hook.connection_type == "cerebraform"]
+    conn_fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    assert set(meta.extra_fields) == set(conn_fields)
+    for name, definition in conn_fields.items():
+        field = meta.extra_fields[name]
+        assert field["schema"]["title"] == definition["label"]
+        assert field["value"] == definition["schema"]["default"]
+        assert field["description"] == definition.get("description")
+    assert meta.extra_fields["tier"]["schema"]["enum"] == ["free", "paid"]
+    assert meta.standard_fields.password.title == "API key"
+    assert meta.standard_fields.host.placeholder == "https://cerebraform.com"
+    assert meta.standard_fields.login.hidden and meta.standard_fields.port.hidden
+
+
+@pytest.mark.airflow_min("3.2", reason="the providers manager reads conn-fields from 3.2 on")
 def test_connection_form_fields_reach_the_providers_manager():
     from airflow.providers_manager import ProvidersManager
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,9 @@ def prepare_environment() -> Path:
                 "AIRFLOW_HOME": str(home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
                 MARKER_ENV: str(home),
+                # Airflow 3.2's in-process execution API (dag.test()) signs its task tokens with this
+                # and fails every task without it; 3.3 makes its own.
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
             }
         )
     (home / "dags").mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
+from asgiref.sync import sync_to_async
 
 from airflow_provider_cerebraform.budget import store_secrets
 from airflow_provider_cerebraform.client import CerebraformAsyncClient, CerebraformClient
@@ -13,6 +13,14 @@ from airflow_provider_cerebraform.exceptions import CerebraformError, Cerebrafor
 from airflow_provider_cerebraform.media import DEFAULT_FILE_NAME, DEFAULT_MAX_BYTES, MediaDownloader
 from airflow_provider_cerebraform.models import ConnectionSettings, Submission, Tier
 from airflow_provider_cerebraform.validation import as_submission
+from airflow_provider_cerebraform.version_compat import (
+    ASYNC_CONNECTION_LOOKUP,
+    BaseHook,
+    amask_secret,
+    field_behaviour_from_provider_info,
+    form_widgets_from_conn_fields,
+    mask_secret,
+)
 
 if TYPE_CHECKING:
     from logging import Logger
@@ -183,8 +191,6 @@ class CerebraformHook(BaseHook):
         settings = settings_from_connection(conn)
         if settings.api_key:
             if mask:
-                from airflow.sdk.log import mask_secret
-
                 mask_secret(settings.api_key)
                 for secret in store_secrets(settings):
                     mask_secret(secret)
@@ -208,16 +214,19 @@ class CerebraformHook(BaseHook):
     async def aget_conn(self) -> CerebraformAsyncClient:
         """The non-blocking client; the connection is looked up without blocking the loop."""
         if self._async_client is None:
-            settings = self._settings(await self.aget_connection(self.cerebraform_conn_id), mask=False)
-            if settings.api_key:
-                # The async form: in the triggerer, mask_secret() is a blocking call to the supervisor.
-                from airflow.sdk.log import amask_secret
-
-                await amask_secret(settings.api_key)
+            if ASYNC_CONNECTION_LOOKUP:
+                settings = self._settings(await self.aget_connection(self.cerebraform_conn_id), mask=False)
+                if settings.api_key:
+                    # The async form: in the triggerer, mask_secret() is a blocking call to the supervisor.
+                    await amask_secret(settings.api_key)
+            else:
+                # Before Airflow 3.3.2 the async lookup masks with a blocking call (or is missing, 3.0):
+                # the blocking lookup and masking run in a worker thread, off the event loop.
+                settings = await sync_to_async(
+                    lambda: self._settings(self.get_connection(self.cerebraform_conn_id))
+                )()
             if settings.budget != "process":
                 import asyncio
-
-                from airflow.sdk.log import amask_secret
 
                 from airflow_provider_cerebraform.budget import prepare
 
@@ -310,6 +319,16 @@ class CerebraformHook(BaseHook):
     async def aget_credits(self) -> int:
         return await (await self.aget_conn()).get_credits()
 
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The form's extra fields on Airflow before 3.2 (3.2+ reads ``conn-fields`` instead)."""
+        return form_widgets_from_conn_fields(_connection_type_info()["conn-fields"])
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """The form's standard fields on Airflow before 3.2 (3.2+ reads ``ui-field-behaviour``)."""
+        return field_behaviour_from_provider_info(_connection_type_info()["ui-field-behaviour"])
+
     def test_connection(self) -> tuple[bool, str]:
         """Backs the UI's Test button: asks for the credit balance."""
         try:
@@ -317,3 +336,10 @@ class CerebraformHook(BaseHook):
         except CerebraformError as error:
             return False, error.api_message or error.message
         return True, f"Connected: {credits} credits"
+
+
+def _connection_type_info() -> dict[str, Any]:
+    """This connection type's entry in the provider info: the one definition of its form."""
+    from airflow_provider_cerebraform.get_provider_info import get_provider_info
+
+    return next(t for t in get_provider_info()["connection-types"] if t["connection-type"] == CONN_TYPE)

@@ -33,7 +33,12 @@ from airflow_provider_cerebraform.media import (
     validate_destination,
 )
 from airflow_provider_cerebraform.models import TaskStatus, UncertainSubmissionPolicy
-from airflow_provider_cerebraform.submissions import SUBMISSION_KEY, SubmissionRecord, submission_store
+from airflow_provider_cerebraform.submissions import (
+    SUBMISSION_KEY,
+    SubmissionRecord,
+    submission_store,
+    task_state,
+)
 from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finished, raise_for_event
 from airflow_provider_cerebraform.validation import (
     build_submission,
@@ -79,9 +84,11 @@ class CerebraformSubmitOperator(BaseOperator):
     to it instead of paying again (unless it failed, or the inputs or the connection changed). A
     retry that finds the intent without an id (the worker died between the POST and the record,
     or the service no longer knows the id) cannot know whether it paid, and follows
-    ``on_uncertain_submission``. When the rate limit asks for a longer wait than the hook will
-    hold a worker for, the task defers on a timer for ``Retry-After`` plus jitter and tries again,
-    for up to ``max_rate_limit_wait`` seconds in all.
+    ``on_uncertain_submission``. Airflow before 3.3 has no task state store: there the record is
+    kept in object storage under ``state_location`` (:mod:`airflow_provider_cerebraform.state_storage`).
+    When the rate limit asks for a longer wait than the hook will hold a worker for, the task defers
+    on a timer for ``Retry-After`` plus jitter and tries again, for up to ``max_rate_limit_wait``
+    seconds in all.
 
     :param prompt: what to generate, 1 to 1000 characters (templated).
     :param kind: ``"image"`` or ``"video"`` (templated).
@@ -96,6 +103,10 @@ class CerebraformSubmitOperator(BaseOperator):
         learning the request id: ``"fail"`` (default: fail, submit nothing) or ``"resubmit"``
         (submit again, which may pay twice) (templated, e.g. from a Variable, so that it can be
         changed for one clear without editing the DAG).
+    :param state_location: Airflow before 3.3 only: where the retry record is kept (an
+        ``ObjectStoragePath``, a URL or an absolute local path, shared by the workers); records go
+        under ``<state_location>/.cerebraform-state/``. Without it a retry there may pay again.
+        :class:`CerebraformGenerateOperator` defaults it to its ``output`` (templated).
     :param cerebraform_conn_id: the Cerebraform connection.
     :param retries: Airflow's ``retries``; when neither this nor the DAG's ``default_args`` set it,
         :data:`DEFAULT_RETRIES` (a retry reconnects instead of paying again).
@@ -109,6 +120,7 @@ class CerebraformSubmitOperator(BaseOperator):
         "duration",
         "min_credits",
         "on_uncertain_submission",
+        "state_location",
     )
     ui_color = "#d6c8ff"
     operator_extra_links = (CerebraformRequestLink(),)
@@ -125,6 +137,7 @@ class CerebraformSubmitOperator(BaseOperator):
         max_rate_limit_wait: float = 24 * 3600.0,
         max_in_process_wait: float = 60.0,
         on_uncertain_submission: UncertainSubmissionPolicy | str = UncertainSubmissionPolicy.FAIL.value,
+        state_location: Any = None,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
         retries: int | None = DEFAULT_RETRIES,
         **kwargs: Any,
@@ -148,6 +161,7 @@ class CerebraformSubmitOperator(BaseOperator):
         self.min_credits = min_credits
         self.max_rate_limit_wait = max_rate_limit_wait
         self.max_in_process_wait = max_in_process_wait
+        self.state_location = state_location
         self.cerebraform_conn_id = cerebraform_conn_id
 
     @property
@@ -178,7 +192,7 @@ class CerebraformSubmitOperator(BaseOperator):
         )
         self.on_uncertain_submission = validate_uncertain_policy(self.on_uncertain_submission)
         hook = self.hook
-        records = submission_store(context, self.log)
+        records = submission_store(context, self.log, self.state_location)
         fingerprint = submission.fingerprint(self.cerebraform_conn_id)
         found = self._reconnect(hook, records, submission.kind, fingerprint)
         if found is not None:
@@ -198,12 +212,13 @@ class CerebraformSubmitOperator(BaseOperator):
                 if records is not None:
                     records.delete()  # refused for certain: nothing was created or paid
                 if isinstance(error, CerebraformRateLimitError):
-                    self._defer_for_rate_limit(context.get("task_state_store"), error)
+                    self._defer_for_rate_limit(task_state(context, self.state_location), error)
                 raise
             if records is not None:
                 records.put(intent.answered(request_id))
-                if context.get("task_state_store") is not None:
-                    context["task_state_store"].delete(RATE_LIMITED_SINCE_KEY)
+                retry_state = task_state(context, self.state_location)
+                if retry_state is not None:
+                    retry_state.delete(RATE_LIMITED_SINCE_KEY)
             self.log.info("Submitted %s task %s", submission.kind.value, request_id)
         context["ti"].xcom_push(key="request_id", value=request_id)
         status_url = f"{hook.get_conn().protocol.settings.base_url}{submission.kind.path}/status/{request_id}"
@@ -445,6 +460,8 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
         self.max_bytes = max_bytes
         self.poll_interval = poll_interval
         self.wait_timeout = wait_timeout
+        if self.state_location is None:
+            self.state_location = output  # the retry record next to the media (Airflow before 3.3)
         self._check_destination(literal_only=True)
 
     def execute(self, context: Context) -> Any:

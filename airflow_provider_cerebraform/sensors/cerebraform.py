@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
-from airflow.sdk.exceptions import AirflowSensorTimeout
 
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
 from airflow_provider_cerebraform.polling import TRANSIENT_ERRORS, StatusPoller, state_event
@@ -16,6 +15,7 @@ from airflow_provider_cerebraform.validation import (
     validate_literals,
     validate_request_id,
 )
+from airflow_provider_cerebraform.version_compat import AirflowSensorTimeout
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

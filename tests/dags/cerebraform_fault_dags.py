@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, BaseHook, task
+from airflow.sdk import DAG, task
 
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
 from airflow_provider_cerebraform.operators.cerebraform import (
@@ -29,6 +29,7 @@ from airflow_provider_cerebraform.operators.cerebraform import (
     CerebraformSubmitOperator,
 )
 from airflow_provider_cerebraform.sensors.cerebraform import CerebraformTaskSensor
+from airflow_provider_cerebraform.version_compat import BaseHook
 
 RECORD_DIR_ENV = "CEREBRAFORM_FAULT_RECORD_DIR"
 START = datetime(2024, 1, 1)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, BaseHook, task
+from airflow.sdk import DAG, Asset, task
 
 from airflow_provider_cerebraform.operators.cerebraform import (
     CerebraformGenerateOperator,
@@ -22,6 +22,7 @@ from airflow_provider_cerebraform.operators.cerebraform import (
     CerebraformSubmitOperator,
 )
 from airflow_provider_cerebraform.sensors.cerebraform import CerebraformTaskSensor
+from airflow_provider_cerebraform.version_compat import BaseHook
 
 RECORD_DIR_ENV = "CEREBRAFORM_TEST_RECORD_DIR"
 START = datetime(2024, 1, 1)
@@ -235,6 +236,7 @@ def _retry() -> DAG:
         SubmitThenCrashOnce(
             task_id="submit_crash_once",
             prompt="a lantern in the fog",
+            state_location="{{ params.output }}/state",  # the retry record before Airflow 3.3
             retries=1,
             retry_delay=timedelta(0),
         )

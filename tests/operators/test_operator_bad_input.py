@@ -10,6 +10,7 @@ import textwrap
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from airflow_compat import dag_bag
 from cerebraform_dagtest import run_dag
 
 from airflow_provider_cerebraform.exceptions import CerebraformValidationError
@@ -100,8 +101,6 @@ def test_templated_values_are_not_judged_at_parse_time() -> None:
 def test_dag_file_with_a_bad_literal_is_an_import_error_naming_the_parameter(
     tmp_path: Path, airflow_db: Path
 ) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
     dag_file = tmp_path / "cerebraform_bad_literal.py"
     dag_file.write_text(
         textwrap.dedent(
@@ -119,7 +118,7 @@ def test_dag_file_with_a_bad_literal_is_an_import_error_naming_the_parameter(
             """
         )
     )
-    bag = DagBag(dag_folder=str(dag_file), safe_mode=False)
+    bag = dag_bag(dag_folder=str(dag_file), safe_mode=False)
     assert "cerebraform_bad_literal" not in bag.dags
     (error,) = bag.import_errors.values()
     assert "Invalid duration=7" in error and "expected 5 or 10" in error

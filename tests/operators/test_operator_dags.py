@@ -17,6 +17,9 @@ import pytest
 from cerebraform_dagtest import run_dag
 from PIL import Image
 
+from airflow_provider_cerebraform.state_storage import STATE_FOLDER
+from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_3_PLUS
+
 if TYPE_CHECKING:
     from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
 
@@ -196,6 +199,15 @@ def test_retry_of_submit_reconnects_instead_of_paying_twice_and_min_credits_guar
     # done and stored it without deferring (a trigger would have polled at least once more).
     assert stats["requests"]["status"] == 2
     assert stats["credits"][_dev_label(stats)] == DEV_KEY_CREDITS - 2
+    # Before Airflow 3.3 the retry found its record in object storage (next to the media by default);
+    # from 3.3 in the task state store, and nothing is written there.
+    records = sorted(p.name for p in (tmp_path / "media").rglob("*") if STATE_FOLDER in p.parts)
+    if AIRFLOW_V_3_3_PLUS:
+        assert records == []
+    else:
+        assert (tmp_path / "media" / "state" / STATE_FOLDER).is_dir()
+        assert (tmp_path / "media" / "retried" / STATE_FOLDER).is_dir()
+        assert records.count("cerebraform_submission.json") == 2
 
 
 def _dev_label(stats: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import json
 import logging
 import statistics
@@ -57,9 +58,14 @@ def run_to_exhaustion(trigger: CerebraformTaskTrigger) -> list[TriggerEvent]:
     return asyncio.run(drain())
 
 
+def import_string(classpath: str) -> Any:
+    """What the triggerer does with a classpath (Airflow's helper moved between 3.1 and 3.2)."""
+    module, _, name = classpath.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def through_the_database(trigger: CerebraformTaskTrigger) -> CerebraformTaskTrigger:
     """What the triggerer does: store classpath and kwargs in the metadata DB, import, rebuild."""
-    from airflow._shared.module_loading import import_string
     from airflow.models.trigger import Trigger
 
     classpath, kwargs = trigger.serialize()
@@ -70,8 +76,6 @@ def through_the_database(trigger: CerebraformTaskTrigger) -> CerebraformTaskTrig
 def test_serialize_round_trip_gives_an_equal_trigger_without_the_key(
     cerebraform_emulator: EmulatorHandle,
 ) -> None:
-    from airflow._shared.module_loading import import_string
-
     trigger = CerebraformTaskTrigger(
         request_id="abc123",
         kind="video",

@@ -93,6 +93,7 @@ with DAG(
         task_id="submit_image",
         prompt="a paper boat, {{ run_id }}",
         kind="image",
+        state_location=OUTPUT,  # where the retry record lives before Airflow 3.3
         retries=1,
         retry_delay=timedelta(seconds=1),
     )
