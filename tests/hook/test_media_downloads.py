@@ -1,6 +1,7 @@
 """
 Media downloads follow the protocol's one retry policy: a 429 waits its ``Retry-After`` (not the
-short backoff of a transient failure), through the result operator and the hook, over real HTTP.
+short backoff of a transient failure), through the hook's ``store_media`` that the operators use, over
+real HTTP.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from typing import TYPE_CHECKING
 
 from airflow_provider_cerebraform.emulator import EmulatorAdminError
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
-from airflow_provider_cerebraform.operators.cerebraform import CerebraformResultOperator
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,20 +32,21 @@ def finished_image(emulator: EmulatorHandle) -> str:
 
 def test_a_429_on_a_media_download_waits_retry_after(emulator: EmulatorHandle, tmp_path: Path) -> None:
     """The connection's backoff is 0.02 s (``emulator`` fixture): only Retry-After explains 2 s."""
+    from airflow.sdk import ObjectStoragePath
+
     request_id = finished_image(emulator)
+    hook = CerebraformHook()
+    result = hook.get_result("image", request_id)
     # A first download without faults: imports and the emulator's rendering are out of the timing.
-    CerebraformResultOperator(task_id="warm", request_id=request_id, output=str(tmp_path / "warm")).execute(
-        {}
-    )
+    hook.store_media(result, ObjectStoragePath(f"file://{tmp_path / 'warm'}"))
     emulator.admin.set_faults(
         {"endpoint": "media", "status": 429, "fail_next": 1, "retry_after": RETRY_AFTER}
     )
-    operator = CerebraformResultOperator(task_id="store", request_id=request_id, output=str(tmp_path / "out"))
     started = time.monotonic()
-    (entry,) = operator.execute({})
+    (entry,) = hook.store_media(result, ObjectStoragePath(f"file://{tmp_path / 'out'}"))
     waited = time.monotonic() - started
     assert waited >= RETRY_AFTER, f"retried after {waited:.2f} s, before Retry-After: {RETRY_AFTER} s"
-    assert (tmp_path / "out" / entry["path"].rsplit("/", 1)[-1]).stat().st_size == entry["bytes"] > 0
+    assert (tmp_path / "out" / entry.path.rsplit("/", 1)[-1]).stat().st_size == entry.bytes > 0
     stats = emulator.admin.stats()
     assert stats["requests"]["media"] == 3  # the warm-up, the 429, the retry
     assert stats["responses"]["429"] == 1
