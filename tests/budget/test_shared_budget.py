@@ -8,20 +8,16 @@ after one warning and a bounded delay.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import gc
 import json
 import logging
-import sys
-import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import redis
 import requests
+from loop_audit import run_on_one_debug_loop
 
 from airflow_provider_cerebraform import budget
 from airflow_provider_cerebraform.budget import SharedKeyPacer
@@ -32,7 +28,6 @@ from airflow_provider_cerebraform.triggers.cerebraform import CerebraformTaskTri
 from .conftest import run_workers
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine, Iterator
     from pathlib import Path
 
     from airflow_provider_cerebraform.budget.redis_server import RedisServer
@@ -199,73 +194,6 @@ def _timed(call: Any) -> float:
 # -- the async path ------------------------------------------------------------------------------
 
 
-class _BlockingCalls:
-    """Records blocking connects and name resolution made on the watched (event loop) thread."""
-
-    thread: int | None = None
-    calls: ClassVar[list[str]] = []
-    installed = False
-
-    @classmethod
-    def audit(cls, event: str, args: tuple[Any, ...]) -> None:
-        if cls.thread is None or threading.get_ident() != cls.thread:
-            return
-        if event == "socket.connect" and args[0].gettimeout() != 0.0:
-            cls.calls.append(f"blocking socket.connect{args[1:]}")
-        elif event == "socket.getaddrinfo":
-            cls.calls.append(f"socket.getaddrinfo{args[:2]}")
-
-    @classmethod
-    @contextlib.contextmanager
-    def watch(cls) -> Iterator[list[str]]:
-        if not cls.installed:
-            sys.addaudithook(cls.audit)
-            cls.installed = True
-        cls.calls = []
-        cls.thread = threading.get_ident()
-        try:
-            yield cls.calls
-        finally:
-            cls.thread = None
-
-
-def _on_one_debug_loop(coroutines: list[Coroutine[Any, Any, Any]]) -> tuple[list[Any], list[str], float]:
-    """Run the coroutines on one event loop in debug mode: results, blocking calls, worst loop lag."""
-    import airflow.sdk.execution_time.supervisor  # noqa: F401 - a triggerer has imported it long before
-
-    loop = asyncio.new_event_loop()
-    loop.set_debug(True)
-    loop.slow_callback_duration = 0.1
-
-    async def main() -> tuple[list[Any], float]:
-        worst, done = 0.0, asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal worst
-            while not done.is_set():
-                before = loop.time()
-                await asyncio.sleep(0.01)
-                worst = max(worst, loop.time() - before - 0.01)
-
-        ticking = asyncio.create_task(ticker())
-        try:
-            results = await asyncio.wait_for(asyncio.gather(*coroutines), timeout=120)
-        finally:
-            done.set()
-            await ticking
-        return results, worst
-
-    gc.collect()
-    gc.freeze()
-    try:
-        with _BlockingCalls.watch() as blocking:
-            results, worst = loop.run_until_complete(main())
-    finally:
-        gc.unfreeze()
-        loop.close()
-    return results, list(blocking), worst
-
-
 @pytest.mark.parametrize("redis_state", ["up", "frozen"])
 def test_triggers_on_a_redis_budget_never_block_the_loop(
     cerebraform_emulator: EmulatorHandle,
@@ -316,7 +244,8 @@ def test_triggers_on_a_redis_budget_never_block_the_loop(
     if redis_state == "frozen":
         redis_server.pause()
     try:
-        events, blocking, worst = _on_one_debug_loop([drain(trigger) for trigger in triggers])
+        run = run_on_one_debug_loop([drain(trigger) for trigger in triggers])
+        events, blocking, worst = run.events, run.blocking_calls, run.worst_lag
     finally:
         if redis_state == "frozen":
             redis_server.resume()
