@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .harness import free_port, wait_until
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -60,14 +62,6 @@ def find_bin_dir() -> Path:
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PostgresServer:
     """
     One PostgreSQL server for a test session; databases are created per stack with :meth:`create_database`.
@@ -82,7 +76,7 @@ class PostgresServer:
         self.root = Path(tempfile.mkdtemp(prefix="cerebraform-pg-"))
         self.data = self.root / "data"
         self.log_path = self.root / "postgres.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.startup_seconds: float | None = None
         self._run_as = pwd.getpwnam("nobody") if os.geteuid() == 0 else None
@@ -158,7 +152,12 @@ class PostgresServer:
             preexec_fn=self._demote(),
             start_new_session=True,
         )
-        self._wait(self._accepts_connections, "PostgreSQL to accept connections")
+        wait_until(
+            self._accepts_connections,
+            timeout=self.startup_timeout,
+            what="PostgreSQL to accept connections",
+            interval=0.1,
+        )
         self.startup_seconds = time.monotonic() - began
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -228,13 +227,6 @@ class PostgresServer:
         except Exception:  # psycopg2.OperationalError while it starts
             return False
         return True
-
-    def _wait(self, condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"timed out after {self.startup_timeout:.0f} s waiting for {what}")
-            time.sleep(0.1)
 
     def _demote(self) -> Callable[[], None] | None:
         account = self._run_as
