@@ -41,8 +41,29 @@ def load_dag(relative_path: str, dag_id: str) -> DAG:
     return _HOME.load_dag(relative_path, dag_id)
 
 
+#: Test files that each take a minute or more (``--durations=30`` of a CI run): they start a real Airflow
+#: stack, a run of the benchmarks, or worker processes. scripts/test hands whole files to pytest-xdist's
+#: workers in collection order, so these go first, or one of them would end the run with the other idle.
+LONG_FILES = (
+    "tests/real_airflow/",
+    "tests/test_benchmarks_smoke.py",
+    "tests/test_metrics.py",
+    "tests/emulator/test_pytest_plugin.py",
+    "tests/faults/test_killed_worker.py",
+)
+
+
+def _long_first(item: pytest.Item) -> int:
+    path = item.path.relative_to(REPO).as_posix()
+    return next((rank for rank, prefix in enumerate(LONG_FILES) if path.startswith(prefix)), len(LONG_FILES))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked ``airflow_min("3.3", reason=...)`` on an older Airflow, with the reason."""
+    """
+    Put the long test files first (a stable sort: the order within a file stays), and skip tests marked
+    ``airflow_min("3.3", reason=...)`` on an older Airflow, with the reason.
+    """
+    items.sort(key=_long_first)
     from packaging.version import Version
 
     from airflow_provider_cerebraform.version_compat import (

@@ -36,6 +36,9 @@ BASE_ENVIRONMENT = {
 }
 #: Set by :func:`prepare_environment` to the home it made, so a second call reuses it.
 MARKER_ENV = "CEREBRAFORM_TEST_AIRFLOW_HOME"
+#: The pytest-xdist worker that made that home: each worker process needs a database of its own.
+MARKER_WORKER_ENV = "CEREBRAFORM_TEST_AIRFLOW_HOME_WORKER"
+XDIST_WORKER_ENV = "PYTEST_XDIST_WORKER"
 
 
 class AirflowImportedTooEarly(RuntimeError):
@@ -45,12 +48,14 @@ class AirflowImportedTooEarly(RuntimeError):
 def prepare_environment() -> Path:
     """
     Create a temporary ``AIRFLOW_HOME`` with a ``dags`` folder and point this process's environment at
-    it; return it. Idempotent within a process (and its children, which inherit the environment).
+    it; return it. Idempotent within a process (and its children, which inherit the environment), except
+    that each pytest-xdist worker makes its own home rather than share its controller's sqlite database.
 
     :raises AirflowImportedTooEarly: when Airflow was already imported with another home.
     """
     made = os.environ.get(MARKER_ENV)
-    if made and os.environ.get("AIRFLOW_HOME") == made:
+    worker = os.environ.get(XDIST_WORKER_ENV, "")
+    if made and os.environ.get("AIRFLOW_HOME") == made and os.environ.get(MARKER_WORKER_ENV, "") == worker:
         home = Path(made)
     else:
         _refuse_if_airflow_configured(None)
@@ -61,6 +66,7 @@ def prepare_environment() -> Path:
                 "AIRFLOW_HOME": str(home),
                 "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
                 MARKER_ENV: str(home),
+                MARKER_WORKER_ENV: worker,
                 # Airflow 3.2's in-process execution API (dag.test()) signs its task tokens with this
                 # and fails every task without it; 3.3 makes its own.
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(32),
