@@ -184,3 +184,33 @@ def test_the_plugin_leaves_a_run_that_uses_no_fixture_alone(tmp_path: Path) -> N
     )
     done = _user_pytest(tmp_path)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+#: Each test writes the Airflow home it was given, under its pytest-xdist worker's name.
+RECORD_HOME_TEST = """
+import os
+from pathlib import Path
+
+
+def test_home():
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    Path(os.environ["RECORD_DIR"], worker).write_text(os.environ["AIRFLOW_HOME"])
+"""
+
+
+@SUBPROCESS_TIMEOUT
+def test_each_xdist_worker_gets_an_airflow_home_of_its_own(tmp_path: Path) -> None:
+    """Two workers sharing one sqlite database would lock each other out: each makes its own home."""
+    project, records = tmp_path / "project", tmp_path / "records"
+    project.mkdir()
+    records.mkdir()
+    (project / "pytest.ini").write_text("[pytest]\ncerebraform_airflow_at_start = true\n")
+    for name in ("test_one.py", "test_two.py"):
+        (project / name).write_text(RECORD_HOME_TEST)
+
+    done = _user_pytest(project, "-n", "2", "--dist", "loadfile", env={"RECORD_DIR": str(records)})
+
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    homes = {path.name: path.read_text() for path in records.iterdir()}
+    assert sorted(homes) == ["gw0", "gw1"], homes
+    assert len(set(homes.values())) == 2, homes
