@@ -15,6 +15,9 @@ Copy this file and change the prompt, the schedule and the output. What it shows
 - ``image_url`` taken from the image's result URL (``source_url`` in its manifest).
 - An asset, ``cerebraform_daily_video``, updated with the video's manifest: schedule a DAG on it to
   publish each day's video.
+- A generation ledger (``<output>/ledger``, see ``docs/ledger.md``): a second run on the same day (a
+  manual trigger after the scheduled run, a cleared DAG run) asks for the same generations, finds
+  them stored, pays nothing and leaves the day's files and manifests as they were.
 
 Where files go: the Airflow Variable ``cerebraform_output`` (env ``AIRFLOW_VAR_CEREBRAFORM_OUTPUT``),
 an object-storage URL such as ``s3://aws_default@my-bucket/media`` or ``file:///data/media``; default
@@ -44,6 +47,8 @@ OUTPUT = "{{ var.value.get('cerebraform_output', 'file:///tmp/cerebraform-output
 # A scheduled run has a logical date; a manual run (UI, `airflow dags trigger`) may not.
 RUN_DAY = "{{ (dag_run.logical_date or dag_run.run_after) | ds }}"
 DAY_FOLDER = f"{OUTPUT}/scheduled/{RUN_DAY}"
+# What was already generated and stored, so that a second run of the same day pays nothing.
+LEDGER = f"{OUTPUT}/ledger"
 # Updated with the video's manifest in the event's extra: DAGs scheduled on it get each day's video.
 DAILY_VIDEO = Asset(name="cerebraform_daily_video")
 
@@ -76,6 +81,7 @@ with DAG(
         aspect_ratio="16:9",
         output=DAY_FOLDER,
         file_name="image_{index}{ext}",
+        ledger=LEDGER,
         poll_interval=POLL_INTERVAL,
         wait_timeout=3600,
     )
@@ -88,6 +94,7 @@ with DAG(
         image_url="{{ ti.xcom_pull(task_ids='generate_image')[0]['source_url'] }}",
         aspect_ratio="16:9",
         duration=5,
+        ledger=LEDGER,
     )
 
     wait_for_video = CerebraformTaskSensor(
@@ -96,6 +103,7 @@ with DAG(
         request_id=submit_video.output,
         poll_interval=POLL_INTERVAL,
         timeout=3600,
+        ledger=LEDGER,
     )
 
     store_video = CerebraformResultOperator(
@@ -104,6 +112,7 @@ with DAG(
         request_id=submit_video.output,
         output=DAY_FOLDER,
         file_name="video_{index}{ext}",
+        ledger=LEDGER,
         outlets=[DAILY_VIDEO],
         retries=4,
     )

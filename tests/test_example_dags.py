@@ -159,6 +159,21 @@ def test_scheduled_example_makes_an_image_then_a_video_from_it_on_a_manual_run(
     (extra,) = asset_event_extras("cerebraform_daily_video", run.run_id)
     assert extra == {"request_id": tasks["video"]["request_id"], "manifest": video_entries}
 
+    # Triggered again the same day: the ledger has both generations, so nothing is paid or overwritten.
+    files = {path.name: path.read_bytes() for path in folder.iterdir()}
+    again = dag.test(logical_date=None)
+    assert again.state == "success"
+    if again.run_after.date() == day:  # not across midnight: the same prompts
+        assert cerebraform_emulator.admin.stats()["submissions"]["total"] == 2
+        assert sorted(path.name for path in folder.iterdir()) == sorted(files)
+        assert (image.read_bytes(), video.read_bytes()) == (files["image_0.png"], files["video_0.mp4"])
+        for manifest in (f"{task['request_id']}.manifest.json" for task in tasks.values()):
+            (entry,) = json.loads((folder / manifest).read_text())
+            assert (
+                entry["sha256"]
+                == hashlib.sha256((folder / entry["path"].rsplit("/", 1)[1]).read_bytes()).hexdigest()
+            )
+
 
 def test_etl_example_cleans_generates_loads_a_catalog_and_the_consumer_picks_it_up(
     cerebraform_emulator: EmulatorHandle, output_dir: Path
