@@ -185,7 +185,7 @@ class BatchState:
             row.attempt, row.stage, row.token = event["n"], INTENT, event["token"]
             row.kind = event.get("kind", row.kind)
             row.request_id = row.error = row.files = None
-        elif kind == "withdrawn":
+        elif kind in ("withdrawn", "lost"):
             row.stage = NEW
         elif kind == SUBMITTED:
             row.stage, row.request_id = SUBMITTED, event["rid"]

@@ -127,6 +127,8 @@ class CerebraformBatchGenerateOperator(BaseOperator):
     :param start_over: when the state under ``output`` was made from different inputs, forget it and
         start again (rows already stored are regenerated and paid again); by default such a state is
         refused with an error.
+    :param on_missing_prompts: when ``prompts`` names a file that does not exist: ``"fail"`` (default)
+        or ``"skip"`` (the task is skipped, e.g. a day without prompts in a partitioned dataset).
     :param max_in_flight: the most submitted generations waited for at once: bounds the trigger's
         kwargs, its polls per round and the event, whatever the size of the dataset.
     :param poll_interval: seconds between rounds of status polls in the trigger.
@@ -160,6 +162,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         credits_per_video_5s: int = 5,
         on_uncertain_submission: UncertainSubmissionPolicy | str = UncertainSubmissionPolicy.FAIL.value,
         start_over: bool = False,
+        on_missing_prompts: str = "fail",
         max_in_flight: int = 200,
         poll_interval: float = 5.0,
         max_in_process_wait: float = 5.0,
@@ -180,6 +183,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
             on_uncertain_submission = on_uncertain_submission.value
         self.on_uncertain_submission = on_uncertain_submission
         self.start_over = start_over
+        self.on_missing_prompts = on_missing_prompts
         self.max_in_flight = max_in_flight
         self.poll_interval = poll_interval
         self.max_in_process_wait = max_in_process_wait
@@ -198,6 +202,11 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         if final(self.on_invalid) and self.on_invalid not in ON_INVALID:
             raise CerebraformValidationError(
                 f"Invalid on_invalid={self.on_invalid!r}: expected 'fail' or 'skip'.", endpoint="validation"
+            )
+        if self.on_missing_prompts not in ON_INVALID:
+            raise CerebraformValidationError(
+                f"Invalid on_missing_prompts={self.on_missing_prompts!r}: expected 'fail' or 'skip'.",
+                endpoint="validation",
             )
         if final(self.on_uncertain_submission):
             validate_uncertain_policy(self.on_uncertain_submission)
@@ -241,7 +250,14 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         ti = context["ti"]
         token = f"{ti.run_id}#{ti.try_number}"
         hook = self._hook(max_rate_limit_wait=float(self.max_in_process_wait))
+        listed = isinstance(self.prompts, (list, tuple))
+        if self.on_missing_prompts == "skip" and not listed and not as_storage_path(self.prompts).exists():
+            from airflow_provider_cerebraform.version_compat import AirflowSkipException
+
+            raise AirflowSkipException(f"No prompts file at {self.prompts} (on_missing_prompts='skip').")
         state = BatchState.load(output)
+        if event is None:
+            self._forget_lost_files(state, output)
 
         pending = state.pending(token)
         finished = (event or {}).get("finished") or []
@@ -273,6 +289,34 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         if pending or (eligible_left > 0 and stop is None):
             self._defer(state, settings, pending, eligible_left, stop, worker_seconds)
         return self._finish(context, state, output, scan, token)
+
+    def _forget_lost_files(self, state: BatchState, output: ObjectStoragePath) -> None:
+        """
+        At the start of a try: a stored row whose files were since removed or changed in size is
+        generated again (one listing of the output, not a request per file).
+        """
+        stored = [(row_id, row) for row_id, row in state.rows.items() if row.stage == STORED]
+        if not stored:
+            return
+        root = str(output).rstrip("/")
+        try:
+            found = output.fs.find(output.path, detail=True)
+        except FileNotFoundError:
+            found = {}
+        prefix = output.path.rstrip("/")
+        sizes = {name[len(prefix) :].lstrip("/"): info.get("size") for name, info in found.items()}
+        lost = 0
+        for row_id, row in stored:
+            for entry in row.files or []:
+                relative = str(entry["path"])[len(root) :].lstrip("/")
+                if sizes.get(relative) != entry["bytes"]:
+                    state.append({"e": "lost", "id": row_id, "n": row.attempt, "path": entry["path"]})
+                    lost += 1
+                    break
+        if lost:
+            self.log.warning(
+                "%d stored row(s) lost a file since they were stored; generating them again", lost
+            )
 
     # -- reading the input --------------------------------------------------------------------------
 

@@ -16,9 +16,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
 
+    from cerebraform_dagtest import DagOutcome
+
     from airflow_provider_cerebraform.emulator import EmulatorAdmin
     from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
-    from cerebraform_dagtest import DagOutcome
 
 BATCH_KEY = "cfk-batch-tests-3f9a61c2"
 DAG_FILE = "test_dags/cerebraform_batch_dags.py"
@@ -66,7 +67,9 @@ class BatchEmulator:
 
 
 @pytest.fixture
-def batch_emulator(cerebraform_emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch) -> Iterator[BatchEmulator]:
+def batch_emulator(
+    cerebraform_emulator: EmulatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[BatchEmulator]:
     emulator = BatchEmulator(cerebraform_emulator, monkeypatch)
     emulator.reset()
     yield emulator

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -14,8 +15,6 @@ import pytest
 from .conftest import partial_files, results, run_batch
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from .conftest import BatchEmulator
 
 pytestmark = pytest.mark.usefixtures("airflow_db")
@@ -48,18 +47,22 @@ def test_a_jsonl_batch_stores_every_row_and_a_rerun_pays_nothing(
     for line in lines:
         assert line["status"] == "stored" and line["request_id"], line
         for stored in line["files"]:
-            data = open(stored["path"].removeprefix("file://"), "rb").read()  # noqa: PTH123
+            data = Path(stored["path"].removeprefix("file://")).read_bytes()
             assert hashlib.sha256(data).hexdigest() == stored["sha256"]
             assert len(data) == stored["bytes"]
             assert f"/out/{line['id']}/" in stored["path"]
     assert (output / "clip").is_dir() and (output / "row-00").is_dir()
     assert not partial_files(output)
-    before = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "_cerebraform" not in p.parts}
+    before = {
+        p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "_cerebraform" not in p.parts
+    }
 
     second = run_batch(tmp_path, monkeypatch, prompts=str(prompts), output=f"file://{output}")
 
     assert second.task("batch").state == "success", second.failures
     assert batch_emulator.submissions() == 30  # nothing paid again
     assert second.task("batch").xcom["return_value"]["counts"] == {"stored": 30}
-    after = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "_cerebraform" not in p.parts}
+    after = {
+        p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "_cerebraform" not in p.parts
+    }
     assert after == before

@@ -42,7 +42,9 @@ def record_failure(context: Any) -> None:
         "message": str(error),
     }
     Path(folder).mkdir(parents=True, exist_ok=True)
-    Path(folder, f"{ti.dag_id}.{ti.task_id}.{ti.map_index}.{ti.try_number}.json").write_text(json.dumps(record))
+    Path(folder, f"{ti.dag_id}.{ti.task_id}.{ti.map_index}.{ti.try_number}.json").write_text(
+        json.dumps(record)
+    )
 
 
 PARAMS = {
@@ -59,7 +61,9 @@ ARGS = {
     "max_failed": "{{ dag_run.conf.get('max_failed', params.max_failed) }}",
     "max_credits": "{{ dag_run.conf.get('max_credits', params.max_credits) }}",
     "on_invalid": "{{ dag_run.conf.get('on_invalid', params.on_invalid) }}",
-    "on_uncertain_submission": "{{ dag_run.conf.get('on_uncertain_submission', params.on_uncertain_submission) }}",
+    "on_uncertain_submission": (
+        "{{ dag_run.conf.get('on_uncertain_submission', params.on_uncertain_submission) }}"
+    ),
 }
 
 
