@@ -537,9 +537,9 @@ class CerebraformBatchGenerateOperator(BaseOperator):
             wake_at = self._window_opens(state, settings, min(burst, eligible_left))
         kinds = [[self._kind_of(row_id, state), request_id] for request_id, row_id in pending.items()]
         self.log.info(
-            "Waiting in the triggerer: %d pending, %d rows left to submit%s (this step took %.1f s)",
+            "Waiting in the triggerer: %d pending, %s%s (this step took %.1f s)",
             len(pending),
-            eligible_left,
+            f"{eligible_left} rows left to submit" if stop is None else f"submitting stopped ({stop})",
             f", next burst at {time.strftime('%H:%M:%S', time.gmtime(wake_at))} UTC" if wake_at else "",
             worker_seconds,
         )

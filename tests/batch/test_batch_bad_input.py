@@ -86,7 +86,7 @@ def test_unreadable_and_missing_files_fail_clearly_without_a_request(
         (binary, "not UTF-8 text"),
         (tmp_path / "missing.jsonl", "the file does not exist"),
     ):
-        run = run_batch(tmp_path / source.name, monkeypatch, prompts=str(source), output=output)
+        run = run_batch(tmp_path / f"run-{source.stem}", monkeypatch, prompts=str(source), output=output)
         assert run.task("batch").state == "failed"
         (failure,) = run.failures
         assert expected in failure["message"], failure
