@@ -65,6 +65,9 @@ class ManifestEntry:
     bytes: int
     sha256: str
     content_type: str | None
+    #: The stored file this one was copied from when the generation ledger already had it (nothing
+    #: was paid); None when it was downloaded from the service.
+    copied_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,22 +87,27 @@ class _RateLimited(Exception):
         self.response = response
 
 
-def as_storage_path(output: Any) -> ObjectStoragePath:
-    """An ``ObjectStoragePath`` from one, from a URL (``s3://conn@bucket/prefix``) or from a local path."""
+def as_storage_path(output: Any, param: str = "output") -> ObjectStoragePath:
+    """
+    An ``ObjectStoragePath`` from one, from a URL (``s3://conn@bucket/prefix``) or from a local path.
+
+    :param output: the location.
+    :param param: the parameter's name, for the error message.
+    """
     from airflow.sdk import ObjectStoragePath
 
     if isinstance(output, ObjectStoragePath):
         return output
     if not isinstance(output, str) or not output.strip():
         raise CerebraformValidationError(
-            f"Invalid output={output!r}: expected an ObjectStoragePath, a URL such as "
+            f"Invalid {param}={output!r}: expected an ObjectStoragePath, a URL such as "
             "'s3://aws_default@bucket/prefix' or 'file:///data/media', or an absolute local path."
         )
     text = output.strip()
     if "://" not in text:
         if not text.startswith("/"):
             raise CerebraformValidationError(
-                f"Invalid output={output!r}: a local path must be absolute (or use a file:// URL)."
+                f"Invalid {param}={output!r}: a local path must be absolute (or use a file:// URL)."
             )
         text = "file://" + text
     return ObjectStoragePath(text)
@@ -207,8 +215,7 @@ class MediaDownloader:
             check_media_url(item.url)
         folder.mkdir(parents=True, exist_ok=True)
         entries = [self._store(result, index, folder, file_name) for index in range(len(result.items))]
-        manifest = folder / f"{safe_component(result.request_id)}.manifest.json"
-        _write_atomically(manifest, json.dumps([entry.to_dict() for entry in entries], indent=2).encode())
+        write_manifest(folder, result.request_id, entries)
         return entries
 
     def _store(
@@ -352,6 +359,73 @@ def _stream_atomically(
         _remove(temporary)
         raise
     return digest.hexdigest(), size
+
+
+def write_manifest(folder: ObjectStoragePath, request_id: str, entries: list[ManifestEntry]) -> None:
+    """Write ``<request_id>.manifest.json`` in ``folder``: the stored files of one generation."""
+    manifest = folder / f"{safe_component(request_id)}.manifest.json"
+    _write_atomically(manifest, json.dumps([entry.to_dict() for entry in entries], indent=2).encode())
+
+
+def file_digest(path: ObjectStoragePath) -> tuple[str, int]:
+    """The sha256 (hex) and size in bytes of a stored file, read in chunks (memory stays bounded)."""
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as source:
+        while chunk := source.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def same_store(one: ObjectStoragePath, other: ObjectStoragePath) -> bool:
+    """Both paths on one filesystem with the same credentials: a copy between them can stay server-side."""
+    return one.protocol == other.protocol and getattr(one, "conn_id", None) == getattr(other, "conn_id", None)
+
+
+class ChecksumMismatchError(CerebraformMediaError):
+    """A copied file is not the one expected: its source changed (nothing was moved into place)."""
+
+
+def copy_atomically(
+    source: ObjectStoragePath, target: ObjectStoragePath, *, sha256: str | None = None
+) -> tuple[str, int]:
+    """
+    Copy ``source`` to ``target`` under a temporary name and move it into place once complete and
+    checked; return the sha256 and size of what was written.
+
+    On the same store (same protocol and connection) the copy is the filesystem's own (S3:
+    ``CopyObject``, the bytes never leave the service), then read back once for the checksum;
+    between stores it is streamed and hashed on the way.
+
+    :param source: the stored file.
+    :param target: where the copy goes; an existing file there is replaced only by a complete copy.
+    :param sha256: the checksum the copy must have; on a difference nothing is moved into place and
+        :class:`ChecksumMismatchError` is raised.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary_name(target)
+    try:
+        if same_store(source, target):
+            source.fs.copy(source.path, temporary.path)
+            digest, size = file_digest(temporary)
+        else:
+            hasher, size = hashlib.sha256(), 0
+            with source.open("rb") as reader, temporary.open("wb", block_size=UPLOAD_BLOCK_SIZE) as sink:
+                while chunk := reader.read(CHUNK_SIZE):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                    sink.write(chunk)
+            digest = hasher.hexdigest()
+        if sha256 is not None and digest != sha256:
+            raise ChecksumMismatchError(
+                f"Copy of {source} has sha256 {digest[:12]}..., not the expected {sha256[:12]}...: "
+                "the source changed; nothing was written to " + str(target)
+            )
+        temporary.move(target)
+    except BaseException:
+        _remove(temporary)
+        raise
+    return digest, size
 
 
 def _write_atomically(target: ObjectStoragePath, data: bytes) -> None:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 MAX_PROMPT_LENGTH = 1000
 VIDEO_DURATIONS = (5, 10)
+#: What the API uses when a video submission has no ``duration``.
+DEFAULT_VIDEO_DURATION = 5
 DEFAULT_ASPECT_RATIO = "9:16"
 _ASPECT_RATIO = re.compile(r"^([1-9][0-9]{0,4}):([1-9][0-9]{0,4})$")
 _WHITESPACE = re.compile(r"[\s\x00-\x1f\x7f]")
