@@ -109,6 +109,15 @@ def get_provider_info() -> dict[str, Any]:
                         "every Airflow host reaches (the Celery broker's Redis will do).",
                         "schema": {"type": ["string", "null"]},
                     },
+                    "ledger": {
+                        "label": "Generation ledger",
+                        "description": "Object storage folder (e.g. "
+                        "s3://aws_default@bucket/cerebraform-ledger or file:///data/cerebraform-ledger) "
+                        "where stored generations are recorded: an "
+                        "operator asked for a generation already stored there copies it and pays nothing. "
+                        "An operator's ledger parameter overrides it. See docs/ledger.md.",
+                        "schema": {"type": ["string", "null"]},
+                    },
                     "verify_ssl": {
                         "label": "Verify TLS certificates",
                         "description": "Check the API's TLS certificate. Turn off only for a test server "

@@ -67,8 +67,10 @@ __all__ = [
     "LedgerFile",
     "StaleLedgerEntryError",
     "generation_fingerprint",
+    "ledger_for",
     "normalised_request",
     "submission_fingerprint",
+    "submission_request",
 ]
 
 #: Part of every fingerprint: a change of the normalisation below must change every fingerprint.
@@ -125,21 +127,29 @@ def generation_fingerprint(
     ``duration=None`` and 5). The connection is not part of it: one ledger may serve several
     connections of the same account; give separate accounts (or the emulator) separate ledgers.
     """
-    request = normalised_request(kind, prompt, aspect_ratio, duration, image_url)
-    text = json.dumps(["cerebraform-generation", LEDGER_VERSION, request], sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _fingerprint(normalised_request(kind, prompt, aspect_ratio, duration, image_url))
 
 
-def submission_fingerprint(submission: Submission) -> str:
-    """The :func:`generation_fingerprint` of a built :class:`~.models.Submission`."""
+def submission_request(submission: Submission) -> dict[str, Any]:
+    """The :func:`normalised_request` of a built :class:`~.models.Submission`."""
     payload = submission.payload
-    return generation_fingerprint(
+    return normalised_request(
         submission.kind,
         payload["prompt"],
         aspect_ratio=payload.get("aspect_ratio"),
         duration=payload.get("duration"),
         image_url=payload.get("image_url"),
     )
+
+
+def submission_fingerprint(submission: Submission) -> str:
+    """The :func:`generation_fingerprint` of a built :class:`~.models.Submission`."""
+    return _fingerprint(submission_request(submission))
+
+
+def _fingerprint(request: dict[str, Any]) -> str:
+    text = json.dumps(["cerebraform-generation", LEDGER_VERSION, request], sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 class StaleLedgerEntryError(CerebraformMediaError):
@@ -443,3 +453,26 @@ class GenerationLedger:
         if manifest:
             write_manifest(destination, entry.request_id, copies)
         return copies
+
+
+def ledger_for(ledger: Any, cerebraform_conn_id: str, log: Logger | None = None) -> GenerationLedger | None:
+    """
+    The ledger an operator uses, the one place that decides it: the operator's ``ledger`` parameter
+    when set (``False``: no ledger, whatever the connection says), else the connection's ``ledger``
+    field, else None (no ledger: every generation is paid for).
+
+    :param ledger: the operator's parameter: a :class:`GenerationLedger`, an ``ObjectStoragePath``, a
+        URL or absolute local path, ``False``, or None / ``""`` for the connection's.
+    :param cerebraform_conn_id: the connection whose ``ledger`` field applies otherwise.
+    :param log: where the ledger reports hits, misses and stale entries.
+    """
+    if ledger is False:
+        return None
+    if isinstance(ledger, GenerationLedger):
+        return ledger
+    if ledger is not None and not (isinstance(ledger, str) and not ledger.strip()):
+        return GenerationLedger(ledger, log=log)
+    from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
+
+    location = CerebraformHook(cerebraform_conn_id).ledger_location()
+    return GenerationLedger(location, log=log) if location else None

@@ -134,6 +134,23 @@ def validate_destination(output: Any, file_name: Any) -> None:
     file_name_for(file_name, request_id="request_id", kind="image", index=0, ext=".png")
 
 
+def validate_location(param: str, value: Any) -> None:
+    """
+    Parse-time check of an optional location parameter such as ``ledger``: None, ``False``, ``""``, a
+    template or an object (an ``ObjectStoragePath``, an ``XComArg``) pass; a literal string must be
+    a URL or an absolute local path.
+    """
+    if value is None or value is False:
+        return
+    if isinstance(value, str):
+        if value.strip() and "{{" not in value and "{%" not in value:
+            as_storage_path(value, param=param)
+    elif isinstance(value, (bool, int, float)):
+        raise CerebraformValidationError(
+            f"Invalid {param}={value!r}: expected an ObjectStoragePath, a URL or an absolute local path."
+        )
+
+
 def safe_component(text: str, fallback: str = "media") -> str:
     """A file-name part built from server-supplied text: no separators, no leading dots, bounded."""
     cleaned = _UNSAFE.sub("_", text).strip("._")[:100]

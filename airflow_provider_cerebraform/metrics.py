@@ -22,6 +22,7 @@ CREDITS_BALANCE = f"{PREFIX}.credits_balance"
 GENERATION_WAIT_TIME = f"{PREFIX}.generation_wait_time"
 BYTES_STORED = f"{PREFIX}.bytes_stored"
 FILES_STORED = f"{PREFIX}.files_stored"
+LEDGER_HITS = f"{PREFIX}.ledger_hits"
 
 log = logging.getLogger(__name__)
 _stats: Any = None

@@ -237,6 +237,23 @@ class CerebraformHook(BaseHook):
             self._async_client = CerebraformAsyncClient(settings)
         return self._async_client
 
+    def ledger_location(self) -> str | None:
+        """
+        The connection's ``ledger`` field: where the generation ledger of this connection lives (a
+        URL such as ``s3://aws_default@bucket/cerebraform-ledger`` or an absolute local path), or None.
+        Reading it builds no client and sends nothing.
+        """
+        value = _extra(_extras_of(self.get_connection(self.cerebraform_conn_id)), "ledger")
+        if value is None:
+            return None
+        text = str(value).strip()
+        if "://" not in text and not text.startswith("/"):
+            raise CerebraformValidationError(
+                f"Invalid connection field ledger={value!r}: expected a URL such as "
+                "'s3://aws_default@bucket/cerebraform-ledger' or an absolute local path."
+            )
+        return text or None
+
     def submit(
         self,
         kind: GenerationKind | str | Submission,

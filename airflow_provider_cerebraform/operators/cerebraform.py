@@ -19,6 +19,14 @@ from airflow_provider_cerebraform.exceptions import (
     CerebraformTimeoutError,
 )
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
+from airflow_provider_cerebraform.ledger import (
+    LedgerEntry,
+    StaleLedgerEntryError,
+    generation_fingerprint,
+    ledger_for,
+    submission_fingerprint,
+    submission_request,
+)
 from airflow_provider_cerebraform.links import (
     MEDIA_URL_KEY,
     REQUEST_URL_KEY,
@@ -31,6 +39,7 @@ from airflow_provider_cerebraform.media import (
     as_storage_path,
     manifest_for_xcom,
     validate_destination,
+    validate_location,
 )
 from airflow_provider_cerebraform.models import TaskStatus, UncertainSubmissionPolicy
 from airflow_provider_cerebraform.submissions import (
@@ -55,7 +64,9 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-    from airflow_provider_cerebraform.models import GenerationKind, TaskState
+    from airflow_provider_cerebraform.ledger import GenerationLedger
+    from airflow_provider_cerebraform.media import ManifestEntry
+    from airflow_provider_cerebraform.models import GenerationKind, Submission, TaskState
     from airflow_provider_cerebraform.submissions import SubmissionRecordStore
 
 __all__ = [
@@ -90,6 +101,11 @@ class CerebraformSubmitOperator(BaseOperator):
     on a timer for ``Retry-After`` plus jitter and tries again, for up to ``max_rate_limit_wait``
     seconds in all.
 
+    With a generation ledger (``ledger``, or the connection's ``ledger`` field; see
+    ``docs/ledger.md``), a generation already stored there is not submitted again: the operator
+    returns the ledger's original ``request_id`` and pays nothing (the log says so), and the result
+    operator and the sensor downstream serve that request from the ledger as well.
+
     :param prompt: what to generate, 1 to 1000 characters (templated).
     :param kind: ``"image"`` or ``"video"`` (templated).
     :param image_url: an absolute http(s) URL of a starting image (templated).
@@ -107,6 +123,8 @@ class CerebraformSubmitOperator(BaseOperator):
         ``ObjectStoragePath``, a URL or an absolute local path, shared by the workers); records go
         under ``<state_location>/.cerebraform-state/``. Without it a retry there may pay again.
         :class:`CerebraformGenerateOperator` defaults it to its ``output`` (templated).
+    :param ledger: the generation ledger's folder (an ``ObjectStoragePath``, a URL or an absolute
+        local path); None uses the connection's ``ledger`` field, ``False`` uses no ledger (templated).
     :param cerebraform_conn_id: the Cerebraform connection.
     :param retries: Airflow's ``retries``; when neither this nor the DAG's ``default_args`` set it,
         :data:`DEFAULT_RETRIES` (a retry reconnects instead of paying again).
@@ -121,6 +139,7 @@ class CerebraformSubmitOperator(BaseOperator):
         "min_credits",
         "on_uncertain_submission",
         "state_location",
+        "ledger",
     )
     ui_color = "#d6c8ff"
     operator_extra_links = (CerebraformRequestLink(),)
@@ -138,6 +157,7 @@ class CerebraformSubmitOperator(BaseOperator):
         max_in_process_wait: float = 60.0,
         on_uncertain_submission: UncertainSubmissionPolicy | str = UncertainSubmissionPolicy.FAIL.value,
         state_location: Any = None,
+        ledger: Any = None,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
         retries: int | None = DEFAULT_RETRIES,
         **kwargs: Any,
@@ -152,7 +172,9 @@ class CerebraformSubmitOperator(BaseOperator):
             if not is_rendered_later(on_uncertain_submission):
                 # The plain value: template fields are rendered with str(), which names an Enum member.
                 on_uncertain_submission = validate_uncertain_policy(on_uncertain_submission).value
+            validate_location("ledger", ledger)
         self.on_uncertain_submission = on_uncertain_submission
+        self.ledger = ledger
         self.prompt = prompt
         self.kind = kind
         self.image_url = image_url
@@ -169,7 +191,46 @@ class CerebraformSubmitOperator(BaseOperator):
         return CerebraformHook(self.cerebraform_conn_id, max_rate_limit_wait=self.max_in_process_wait)
 
     def execute(self, context: Context) -> Any:
-        return self._continue_after_submit(context, *self._submit(context))
+        submission = self._submission()
+        ledger = ledger_for(self.ledger, self.cerebraform_conn_id, self.log)
+        fingerprint = submission_fingerprint(submission)
+        entry = ledger.lookup(fingerprint) if ledger is not None else None
+        if ledger is not None and entry is not None:
+            try:
+                return self._continue_from_ledger(context, ledger, entry)
+            except StaleLedgerEntryError as error:
+                self.log.warning("%s Generating it again.", error.message)
+        return self._continue_after_submit(context, *self._submit(context, submission, ledger))
+
+    def _continue_from_ledger(self, context: Context, ledger: GenerationLedger, entry: LedgerEntry) -> Any:
+        """A generation the ledger already has: its original request id, nothing submitted."""
+        metrics.incr(metrics.LEDGER_HITS, kind=entry.kind)
+        self.log.info(
+            "The ledger %s already has this %s generation (request %s, stored %s): nothing submitted, "
+            "nothing paid; returning its request id.",
+            ledger.root,
+            entry.kind,
+            entry.request_id,
+            entry.created_at,
+        )
+        self._push_request(context, CerebraformHook(self.cerebraform_conn_id), entry.kind, entry.request_id)
+        return entry.request_id
+
+    def _push_request(self, context: Context, hook: CerebraformHook, kind: str, request_id: str) -> None:
+        context["ti"].xcom_push(key="request_id", value=request_id)
+        status_url = (
+            f"{hook.get_conn().protocol.settings.base_url}{validate_kind(kind).path}/status/{request_id}"
+        )
+        context["ti"].xcom_push(key=REQUEST_URL_KEY, value=status_url)
+
+    def _submission(self) -> Submission:
+        return build_submission(
+            self.kind,
+            self.prompt,
+            image_url=self.image_url,
+            aspect_ratio=self.aspect_ratio,
+            duration=self.duration,
+        )
 
     def execute_after_rate_limit(self, context: Context, event: Any = None) -> Any:
         """Where a task deferred by a 429 comes back: it tries the submission again."""
@@ -181,15 +242,10 @@ class CerebraformSubmitOperator(BaseOperator):
         """After the submission; ``reconnected`` is the state found when a retry reconnected."""
         return request_id
 
-    def _submit(self, context: Context) -> tuple[str, TaskState | None]:
+    def _submit(
+        self, context: Context, submission: Submission, ledger: GenerationLedger | None = None
+    ) -> tuple[str, TaskState | None]:
         """Submit, or reconnect to an earlier try's request: its id, and its state if reconnected."""
-        submission = build_submission(
-            self.kind,
-            self.prompt,
-            image_url=self.image_url,
-            aspect_ratio=self.aspect_ratio,
-            duration=self.duration,
-        )
         self.on_uncertain_submission = validate_uncertain_policy(self.on_uncertain_submission)
         hook = self.hook
         records = submission_store(context, self.log, self.state_location)
@@ -220,9 +276,10 @@ class CerebraformSubmitOperator(BaseOperator):
                 if retry_state is not None:
                     retry_state.delete(RATE_LIMITED_SINCE_KEY)
             self.log.info("Submitted %s task %s", submission.kind.value, request_id)
-        context["ti"].xcom_push(key="request_id", value=request_id)
-        status_url = f"{hook.get_conn().protocol.settings.base_url}{submission.kind.path}/status/{request_id}"
-        context["ti"].xcom_push(key=REQUEST_URL_KEY, value=status_url)
+        if ledger is not None:
+            # Whoever stores the media later (the result operator knows only the id) records it.
+            ledger.remember_request(request_id, submission_fingerprint(submission), submission.kind.value)
+        self._push_request(context, hook, submission.kind.value, request_id)
         return request_id, state
 
     def _reconnect(
@@ -333,8 +390,11 @@ class _ResultDelivery:
     output_location: Any
     file_name: str
     max_bytes: int
+    ledger: Any
     log: Any
     outlets: Any
+    #: What the last delivery read and wrote (URIs), for :meth:`get_openlineage_facets_on_complete`.
+    _lineage: tuple[list[str], list[str]] | None = None
 
     def _check_destination(self, *, literal_only: bool = False) -> None:
         """Refuse a bad ``output`` or ``file_name`` before any request (at parse time: literals only)."""
@@ -345,13 +405,37 @@ class _ResultDelivery:
         with naming_the_task(self.task_id):
             validate_destination(output, file_name)
 
-    def _deliver(self, context: Context, kind: str, request_id: str) -> Any:
+    def _deliver(
+        self,
+        context: Context,
+        kind: str,
+        request_id: str,
+        *,
+        ledger: GenerationLedger | None = None,
+        fingerprint: str | None = None,
+        request: dict[str, Any] | None = None,
+    ) -> Any:
+        """
+        Store (or return the URLs of) a finished generation; with a ledger, serve a request it
+        already has from it (the service is not asked: the request may have expired there), and
+        record what was stored under ``fingerprint`` (or the one its submission remembered).
+        """
+        if ledger is not None:
+            entry = ledger.lookup_request(request_id)
+            if entry is not None:
+                try:
+                    return self._from_ledger(context, ledger, entry)
+                except StaleLedgerEntryError as error:
+                    self.log.warning("%s Fetching it from the service.", error.message)
         hook = CerebraformHook(self.cerebraform_conn_id)
         result = hook.get_result(kind, request_id)
         if result.urls:
             context["ti"].xcom_push(key=MEDIA_URL_KEY, value=result.urls[0])
+        base_url = hook.get_conn().protocol.settings.base_url
+        source = f"{base_url}{validate_kind(kind).path}/result/{request_id}"
         if self.output_location is None:
             self.log.info("Task %s produced %d media file(s)", request_id, len(result.items))
+            self._lineage = ([source], [])
             return result.urls
         entries = hook.store_media(
             result,
@@ -363,10 +447,76 @@ class _ResultDelivery:
         manifest = manifest_for_xcom(entries)
         metrics.incr(metrics.FILES_STORED, len(manifest), kind=kind)
         metrics.incr(metrics.BYTES_STORED, sum(int(entry["bytes"]) for entry in manifest), kind=kind)
+        if ledger is not None:
+            self._record(ledger, kind, request_id, entries, fingerprint, request)
+        self._lineage = ([source], [entry.path for entry in entries])
+        self._publish(context, request_id, manifest)
+        return manifest
+
+    def _record(
+        self,
+        ledger: GenerationLedger,
+        kind: str,
+        request_id: str,
+        entries: list[ManifestEntry],
+        fingerprint: str | None,
+        request: dict[str, Any] | None,
+    ) -> None:
+        fingerprint = fingerprint or ledger.fingerprint_of_request(request_id)
+        if fingerprint is None:
+            self.log.info(
+                "Request %s was not submitted with the ledger %s, so it does not know what was asked: "
+                "not recording it.",
+                request_id,
+                ledger.root,
+            )
+            return
+        ledger.record(
+            LedgerEntry.from_manifest(fingerprint, entries, request_id=request_id, kind=kind, request=request)
+        )
+
+    def _from_ledger(self, context: Context, ledger: GenerationLedger, entry: LedgerEntry) -> Any:
+        """A generation the ledger has: its stored files copied to ``output`` (or their URIs), unpaid."""
+        metrics.incr(metrics.LEDGER_HITS, kind=entry.kind)
+        sources = [item.path for item in entry.files]
+        if self.output_location is None:
+            self.log.info(
+                "The ledger %s has request %s: returning the stored files' URIs, nothing paid.",
+                ledger.root,
+                entry.request_id,
+            )
+            self._lineage = (sources, [])
+            return sources
+        copies = ledger.copy_into(entry, as_storage_path(self.output_location), self.file_name)
+        self.log.info(
+            "The ledger %s has this %s generation (request %s, stored %s): %d file(s) copied, nothing paid.",
+            ledger.root,
+            entry.kind,
+            entry.request_id,
+            entry.created_at,
+            len(copies),
+        )
+        if copies and copies[0].source_url:
+            context["ti"].xcom_push(key=MEDIA_URL_KEY, value=copies[0].source_url)
+        manifest = manifest_for_xcom(copies)
+        self._lineage = (sources, [copy.path for copy in copies])
+        self._publish(context, entry.request_id, manifest)
+        return manifest
+
+    def _publish(self, context: Context, request_id: str, manifest: list[dict[str, Any]]) -> None:
         for outlet in self.outlets or []:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = {"request_id": request_id, "manifest": manifest}
-        return manifest
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """
+        OpenLineage (the ``openlineage`` extra): the generation's result endpoint, or the ledger's
+        stored files it was copied from, as input; the stored media as outputs.
+        """
+        from airflow_provider_cerebraform.lineage import operator_lineage
+
+        inputs, outputs = self._lineage or ([], [])
+        return operator_lineage(inputs, outputs)
 
 
 class CerebraformResultOperator(_ResultDelivery, BaseOperator):
@@ -379,6 +529,12 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
     ``outlets`` get it in their event's ``extra``. A file is written under a temporary name and moved
     into place only when complete; re-running writes the same paths.
 
+    With a generation ledger (``ledger``, or the connection's ``ledger`` field), a request the
+    ledger has is served from it without asking the service (where it may have expired): its
+    stored files are copied to ``output`` (``copied_from`` in the manifest), or their URIs returned
+    without ``output``. Otherwise the media are downloaded and, when the request was submitted with
+    the same ledger, recorded in it.
+
     :param request_id: the finished task (templated).
     :param kind: ``"image"`` or ``"video"`` (templated).
     :param output: an ``ObjectStoragePath``, a URL such as ``s3://aws_default@bucket/prefix`` or an
@@ -386,10 +542,12 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
     :param file_name: the file-name pattern with ``{request_id}``, ``{kind}``, ``{index}`` and
         ``{ext}`` (from the content type); server-supplied values are sanitised (templated).
     :param max_bytes: the largest file accepted.
+    :param ledger: the generation ledger's folder; None uses the connection's ``ledger`` field,
+        ``False`` uses no ledger (templated).
     :param cerebraform_conn_id: the Cerebraform connection.
     """
 
-    template_fields: Sequence[str] = ("request_id", "kind", "output_location", "file_name")
+    template_fields: Sequence[str] = ("request_id", "kind", "output_location", "file_name", "ledger")
     ui_color = "#c8e6ff"
     operator_extra_links = (CerebraformMediaLink(),)
 
@@ -401,6 +559,7 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
         output: Any = None,
         file_name: str = DEFAULT_FILE_NAME,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        ledger: Any = None,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
         retries: int | None = DEFAULT_RETRIES,
         **kwargs: Any,
@@ -408,6 +567,8 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
         super().__init__(retries=retries, **kwargs)
         with naming_the_task(self.task_id):
             validate_literals(request_id=request_id, kind=kind)
+            validate_location("ledger", ledger)
+        self.ledger = ledger
         self.request_id = request_id
         self.kind = kind
         # Not ``self.output``: BaseOperator.output is the task's XComArg (a read-only property).
@@ -419,7 +580,9 @@ class CerebraformResultOperator(_ResultDelivery, BaseOperator):
 
     def execute(self, context: Context) -> Any:
         self._check_destination()
-        return self._deliver(context, validate_kind(self.kind).value, validate_request_id(self.request_id))
+        kind, request_id = validate_kind(self.kind).value, validate_request_id(self.request_id)
+        ledger = ledger_for(self.ledger, self.cerebraform_conn_id, self.log)
+        return self._deliver(context, kind, request_id, ledger=ledger)
 
 
 class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
@@ -433,6 +596,12 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
 
     :param poll_interval: seconds between status polls in the trigger.
     :param wait_timeout: seconds to wait for the generation before failing; None waits for ever.
+
+    With a generation ledger (``ledger``, or the connection's ``ledger`` field), a generation already
+    stored there is copied to ``output`` (server-side where the storage allows) and nothing is
+    submitted or paid: the manifest has the original ``request_id`` and ``copied_from`` on each file.
+    Without ``output`` a hit returns the stored files' URIs instead of the service's URLs. A new
+    generation is recorded in the ledger once its media are stored.
     """
 
     template_fields: Sequence[str] = (
@@ -475,7 +644,7 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
         if reconnected is not None and reconnected.is_done:
             # A retry that found its generation finished stores it now: deferring a task whose
             # trigger fires at once races the old try's exit in Airflow 3.3 (apache/airflow#72716).
-            return self._deliver(context, kind, request_id)
+            return self._deliver_recording(context, kind, request_id)
         defer_until_finished(
             self,
             request_id=request_id,
@@ -487,7 +656,25 @@ class CerebraformGenerateOperator(_ResultDelivery, CerebraformSubmitOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> Any:
         finished = raise_for_event(event, on_timeout=CerebraformTimeoutError)
-        return self._deliver(context, finished["kind"], finished["request_id"])
+        return self._deliver_recording(context, finished["kind"], finished["request_id"])
+
+    def _continue_from_ledger(self, context: Context, ledger: GenerationLedger, entry: LedgerEntry) -> Any:
+        return self._from_ledger(context, ledger, entry)
+
+    def _deliver_recording(self, context: Context, kind: str, request_id: str) -> Any:
+        """Deliver, recording in the ledger (if any) under what this task asked."""
+        ledger = ledger_for(self.ledger, self.cerebraform_conn_id, self.log)
+        if ledger is None:
+            return self._deliver(context, kind, request_id)
+        request = submission_request(self._submission())
+        return self._deliver(
+            context,
+            kind,
+            request_id,
+            ledger=ledger,
+            fingerprint=generation_fingerprint(**request),
+            request=request,
+        )
 
 
 def _utc(epoch: float) -> str:

@@ -7,7 +7,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
-from airflow_provider_cerebraform.polling import TRANSIENT_ERRORS, StatusPoller, state_event
+from airflow_provider_cerebraform.ledger import ledger_for
+from airflow_provider_cerebraform.media import validate_location
+from airflow_provider_cerebraform.models import TaskStatus
+from airflow_provider_cerebraform.polling import TRANSIENT_ERRORS, StatusPoller, state_event, wait_event
 from airflow_provider_cerebraform.triggers.cerebraform import defer_until_finished, raise_for_event
 from airflow_provider_cerebraform.validation import (
     naming_the_task,
@@ -42,15 +45,21 @@ class CerebraformTaskSensor(BaseSensorOperator):
     counts transient polling errors in a row within one try: in ``mode="reschedule"`` the count is
     kept in the task state store across reschedules, and a retry of the task starts a new count.
 
+    With a generation ledger (``ledger``, or the connection's ``ledger`` field) that has the request
+    stored (a submit operator found the generation there and returned its original id), the wait is
+    over at once without asking the service, where the request may have expired.
+
     :param request_id: the task to wait for (templated; usually the submit operator's ``.output``).
     :param kind: ``"image"`` or ``"video"`` (templated).
     :param cerebraform_conn_id: the Cerebraform connection.
     :param poll_interval: seconds between polls; all waits on one key also share its status budget.
     :param deferrable: wait in the triggerer (default) instead of a worker.
     :param max_consecutive_errors: transient polling errors in a row that are tolerated.
+    :param ledger: the generation ledger's folder; None uses the connection's ``ledger`` field,
+        ``False`` uses no ledger (templated).
     """
 
-    template_fields: Sequence[str] = ("request_id", "kind")
+    template_fields: Sequence[str] = ("request_id", "kind", "ledger")
 
     def __init__(
         self,
@@ -61,12 +70,15 @@ class CerebraformTaskSensor(BaseSensorOperator):
         poll_interval: float = 5.0,
         deferrable: bool = True,
         max_consecutive_errors: int = 5,
+        ledger: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
         with naming_the_task(self.task_id):
             validate_literals(request_id=request_id, kind=kind)
+            validate_location("ledger", ledger)
+        self.ledger = ledger
         self.request_id = request_id
         self.kind = kind
         self.cerebraform_conn_id = cerebraform_conn_id
@@ -77,6 +89,14 @@ class CerebraformTaskSensor(BaseSensorOperator):
 
     def execute(self, context: Context) -> Any:
         kind, request_id = validate_kind(self.kind).value, validate_request_id(self.request_id)
+        ledger = ledger_for(self.ledger, self.cerebraform_conn_id, self.log)
+        if ledger is not None and ledger.lookup_request(request_id) is not None:
+            self.log.info(
+                "The ledger %s has request %s stored: not asking the service.", ledger.root, request_id
+            )
+            message = "stored in the generation ledger"
+            event = wait_event("done", kind, request_id, message, task_status=int(TaskStatus.DONE))
+            return self.execute_complete(context, event)
         if not self.deferrable:
             return super().execute(context)
         try:
