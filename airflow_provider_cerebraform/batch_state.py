@@ -64,6 +64,8 @@ class RowState:
     error: str | None = None
     files: list[dict[str, Any]] | None = None
     credits: int = 0
+    fingerprint: str | None = None
+    from_ledger: bool = False
 
 
 @dataclass
@@ -189,6 +191,7 @@ class BatchState:
             row.stage = NEW
         elif kind == SUBMITTED:
             row.stage, row.request_id = SUBMITTED, event["rid"]
+            row.fingerprint, row.from_ledger = event.get("fp"), False
             row.credits += int(event.get("credits", 0))
             self.answered_at.append(event["at"])
         elif kind == UNCERTAIN:
@@ -202,6 +205,8 @@ class BatchState:
                 row.token = event["token"]
             if kind == STORED:
                 row.files = event.get("files")
+                if event.get("ledger"):
+                    row.request_id, row.from_ledger = event.get("rid"), True
 
     def append(self, event: dict[str, Any]) -> None:
         """Make ``event`` durable (its own small object), then fold it in."""

@@ -43,10 +43,17 @@ from airflow_provider_cerebraform.exceptions import (
     CerebraformValidationError,
 )
 from airflow_provider_cerebraform.hooks.cerebraform import CerebraformHook
+from airflow_provider_cerebraform.ledger import (
+    LedgerEntry,
+    StaleLedgerEntryError,
+    ledger_for,
+    submission_fingerprint,
+)
 from airflow_provider_cerebraform.media import (
     _write_atomically,
     as_storage_path,
     validate_destination,
+    validate_location,
 )
 from airflow_provider_cerebraform.models import (
     PUBLISHED_LIMITS,
@@ -69,6 +76,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context, ObjectStoragePath
 
+    from airflow_provider_cerebraform.ledger import GenerationLedger
     from airflow_provider_cerebraform.models import ConnectionSettings, Submission
 
 __all__ = ["CerebraformBatchGenerateOperator"]
@@ -134,10 +142,15 @@ class CerebraformBatchGenerateOperator(BaseOperator):
     :param poll_interval: seconds between rounds of status polls in the trigger.
     :param max_in_process_wait: seconds a worker may wait in-process for a creation slot; a longer wait
         defers (the trigger wakes the worker when the window opens).
+    :param ledger: the generation ledger's folder (see ``docs/ledger.md``); None uses the connection's
+        ``ledger`` field, ``False`` uses none. A row whose generation the ledger already holds is copied
+        from it (server-side where the storage allows) and not paid for; every row generated is
+        recorded in it (templated).
     :param cerebraform_conn_id: the Cerebraform connection.
     """
 
     template_fields: Sequence[str] = (
+        "ledger",
         "prompts",
         "output_location",
         "kind",
@@ -166,6 +179,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         max_in_flight: int = 200,
         poll_interval: float = 5.0,
         max_in_process_wait: float = 5.0,
+        ledger: Any = None,
         cerebraform_conn_id: str = CerebraformHook.default_conn_name,
         retries: int | None = DEFAULT_RETRIES,
         **kwargs: Any,
@@ -187,8 +201,10 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         self.max_in_flight = max_in_flight
         self.poll_interval = poll_interval
         self.max_in_process_wait = max_in_process_wait
+        self.ledger = ledger
         self.cerebraform_conn_id = cerebraform_conn_id
         with naming_the_task(self.task_id):
+            validate_location("ledger", ledger)
             self._validate(literal_only=True)
 
     # -- parameters ---------------------------------------------------------------------------------
@@ -279,8 +295,9 @@ class CerebraformBatchGenerateOperator(BaseOperator):
                     }
                 )
         settings = hook.get_conn().protocol.settings
-        self._deliver(context, hook, state, output, finished, token)
-        submitted = self._submit(hook, state, scan.candidates, token, settings)
+        ledger = ledger_for(self.ledger, self.cerebraform_conn_id, self.log)
+        self._deliver(context, hook, state, output, finished, token, ledger)
+        submitted = self._submit(hook, state, scan.candidates, token, output, ledger)
         pending = state.pending(token)
         eligible_left = scan.eligible - submitted
         stop = state.stops.get(token)
@@ -416,6 +433,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         output: ObjectStoragePath,
         finished: list[list[Any]],
         token: str,
+        ledger: GenerationLedger | None,
     ) -> None:
         by_request = state.pending(token)
         for request_id, status, message, error_type in finished:
@@ -443,6 +461,12 @@ class CerebraformBatchGenerateOperator(BaseOperator):
                 ]
                 metrics.incr(metrics.FILES_STORED, len(files), kind=result.kind.value)
                 state.append({**base, "e": STORED, "files": files})
+                if ledger is not None and row.fingerprint:
+                    ledger.record(
+                        LedgerEntry.from_manifest(
+                            row.fingerprint, entries, request_id=request_id, kind=result.kind.value
+                        )
+                    )
             elif status == "failed":
                 state.append({**base, "e": FAILED, "error": message or "the generation failed (status -1)"})
             elif error_type == CerebraformNotFoundError.__name__:
@@ -463,7 +487,8 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         state: BatchState,
         candidates: list[BatchRow],
         token: str,
-        settings: ConnectionSettings,
+        output: ObjectStoragePath,
+        ledger: GenerationLedger | None,
     ) -> int:
         """Submit ``candidates`` while the creation window has slots; the number submitted or settled."""
         if state.stops.get(token) or not candidates:
@@ -486,6 +511,10 @@ class CerebraformBatchGenerateOperator(BaseOperator):
             previous = state.rows.get(row.id)
             attempt = (previous.attempt if previous else 0) + 1
             base = {"id": row.id, "n": attempt, "token": token}
+            fingerprint = submission_fingerprint(row.submission) if ledger is not None else None
+            if ledger is not None and self._copy_from_ledger(state, ledger, row, base, fingerprint, output):
+                done += 1
+                continue
             state.append({**base, "e": INTENT, "kind": row.submission.kind.value, "at": time.time()})
             try:
                 request_id = hook.submit(row.submission)
@@ -513,12 +542,40 @@ class CerebraformBatchGenerateOperator(BaseOperator):
                 state.append({**base, "e": REFUSED, "error": error.message})
                 done += 1
                 continue
-            state.append({**base, "e": SUBMITTED, "rid": request_id, "at": time.time(), "credits": cost})
+            submitted = {**base, "e": SUBMITTED, "rid": request_id, "at": time.time(), "credits": cost}
+            state.append({**submitted, "fp": fingerprint} if fingerprint else submitted)
             spent += cost
             done += 1
         if done:
             self.log.info("Submitted %d row(s); %d credits spent so far", done, spent)
         return done
+
+    def _copy_from_ledger(
+        self,
+        state: BatchState,
+        ledger: GenerationLedger,
+        row: BatchRow,
+        base: dict[str, Any],
+        fingerprint: str | None,
+        output: ObjectStoragePath,
+    ) -> bool:
+        """A row whose generation the ledger holds: its files copied to ``<output>/<id>/``, unpaid."""
+        entry = ledger.lookup(fingerprint) if fingerprint else None
+        if entry is None:
+            return False
+        try:
+            copies = ledger.copy_into(entry, output / row.id, BATCH_FILE_NAME)
+        except StaleLedgerEntryError as error:
+            self.log.warning("%s Generating row %s instead.", error.message, row.id)
+            return False
+        metrics.incr(metrics.LEDGER_HITS, kind=entry.kind)
+        files = [
+            {"path": c.path, "bytes": c.bytes, "sha256": c.sha256, "content_type": c.content_type}
+            for c in copies
+        ]
+        state.append({**base, "e": STORED, "rid": entry.request_id, "files": files, "ledger": True})
+        self.log.info("Row %s: copied from the ledger (request %s), nothing paid", row.id, entry.request_id)
+        return True
 
     # -- waiting ------------------------------------------------------------------------------------
 
@@ -591,6 +648,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
                             "status": OUTCOMES[known.stage] if known else "not_submitted",
                             "request_id": known.request_id if known else None,
                             "files": (known.files or []) if known else [],
+                            "from_ledger": bool(known and known.from_ledger and known.stage == STORED),
                             "error": (known.error if known else None)
                             or (state.stops.get(token) if not known or known.stage == NEW else None),
                         }
@@ -606,6 +664,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
             "rows": scan.valid + scan.invalid_count,
             "counts": dict(sorted(counts.items())),
             "credits_spent": state.credits_spent(),
+            "from_ledger": sum(1 for row in state.rows.values() if row.from_ledger and row.stage == STORED),
             "stopped": state.stops.get(token),
             "max_failed": allowed,
         }

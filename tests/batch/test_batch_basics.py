@@ -66,3 +66,35 @@ def test_a_jsonl_batch_stores_every_row_and_a_rerun_pays_nothing(
         p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "_cerebraform" not in p.parts
     }
     assert after == before
+
+
+def test_a_batch_over_a_new_output_copies_what_the_ledger_holds_and_pays_nothing(
+    batch_emulator: BatchEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    With a generation ledger, a batch records every row it generates; another batch asking for the
+    same generations into another output copies them from the ledger (same sha256) and submits
+    nothing; a new row in it is the only one paid for.
+    """
+    ledger = f"file://{tmp_path / 'ledger'}"
+    prompts = [{"id": f"l-{n}", "prompt": f"ledger batch {n}"} for n in range(4)]
+    first = run_batch(
+        tmp_path, monkeypatch, prompts=prompts, output=f"file://{tmp_path / 'a'}", ledger=ledger
+    )
+    assert first.task("batch").state == "success", first.failures
+    assert batch_emulator.submissions() == 4
+
+    more = [*prompts, {"id": "l-new", "prompt": "a row the ledger does not have"}]
+    second = run_batch(tmp_path, monkeypatch, prompts=more, output=f"file://{tmp_path / 'b'}", ledger=ledger)
+
+    assert second.task("batch").state == "success", second.failures
+    assert batch_emulator.submissions() == 5  # only the new row was paid for
+    manifest = second.task("batch").xcom["return_value"]
+    assert manifest["from_ledger"] == 4 and manifest["counts"] == {"stored": 5}, manifest
+    copied = {line["id"]: line for line in results(tmp_path / "b")}
+    originals = {line["id"]: line for line in results(tmp_path / "a")}
+    for row_id, line in originals.items():
+        assert copied[row_id]["from_ledger"] is True
+        assert [f["sha256"] for f in copied[row_id]["files"]] == [f["sha256"] for f in line["files"]]
+        assert all(f"/b/{row_id}/" in f["path"] for f in copied[row_id]["files"])
+    assert copied["l-new"]["from_ledger"] is False

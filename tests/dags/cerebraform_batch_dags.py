@@ -54,6 +54,7 @@ PARAMS = {
     "max_credits": None,
     "on_invalid": "fail",
     "on_uncertain_submission": "fail",
+    "ledger": None,
 }
 ARGS = {
     "prompts": "{{ dag_run.conf.get('prompts', params.prompts) }}",
@@ -61,6 +62,7 @@ ARGS = {
     "max_failed": "{{ dag_run.conf.get('max_failed', params.max_failed) }}",
     "max_credits": "{{ dag_run.conf.get('max_credits', params.max_credits) }}",
     "on_invalid": "{{ dag_run.conf.get('on_invalid', params.on_invalid) }}",
+    "ledger": "{{ dag_run.conf.get('ledger', params.ledger) }}",
     "on_uncertain_submission": (
         "{{ dag_run.conf.get('on_uncertain_submission', params.on_uncertain_submission) }}"
     ),
