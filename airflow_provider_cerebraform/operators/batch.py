@@ -491,6 +491,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         ledger: GenerationLedger | None,
     ) -> int:
         """Submit ``candidates`` while the creation window has slots; the number submitted or settled."""
+        self._retry_after = 0.0
         if state.stops.get(token) or not candidates:
             return 0
         window = hook.get_conn().protocol.pacer.window(Bucket.CREATE)
@@ -521,6 +522,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
             except CerebraformRateLimitError as error:
                 # Paced out or 429 beyond the in-process wait: nothing was sent or created.
                 state.append({**base, "e": "withdrawn"})
+                self._retry_after = time.time() + error.retry_after
                 self.log.info("Creation window closed (%s); the next burst waits for it.", error.message)
                 break
             except CerebraformSubmissionUncertainError as error:
@@ -592,6 +594,8 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         wake_at = None
         if eligible_left > 0 and stop is None and len(pending) < int(self.max_in_flight):
             wake_at = self._window_opens(state, settings, min(burst, eligible_left))
+            # A 429's Retry-After (another client on the key) is not in the batch's own record.
+            wake_at = max(wake_at, getattr(self, "_retry_after", 0.0))
         kinds = [[self._kind_of(row_id, state), request_id] for request_id, row_id in pending.items()]
         self.log.info(
             "Waiting in the triggerer: %d pending, %s%s (this step took %.1f s)",

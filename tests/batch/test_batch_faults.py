@@ -123,7 +123,7 @@ def test_max_credits_stops_before_the_cap_and_says_so(
     output = tmp_path / "out"
 
     run = run_batch(
-        tmp_path, monkeypatch, prompts=prompts, output=f"file://{output}", max_credits=3, max_failed=2
+        tmp_path, monkeypatch, prompts=prompts, output=f"file://{output}", max_credits=3, max_failed=4
     )
 
     assert run.task("batch").state == "success", run.failures
