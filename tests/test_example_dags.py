@@ -125,8 +125,14 @@ def test_every_example_dag_loads_without_import_errors_or_warnings() -> None:
         dag = bag.get_dag(dag_id)
         assert "cerebraform" in dag.tags and "example" in dag.tags, dag_id
     # Generations that fan out take their turn in the task-creation pool.
-    for dag_id in ("example_cerebraform_etl", "example_cerebraform_backfill"):
-        assert bag.get_dag(dag_id).get_task("generate").pool == CREATE_POOL
+    assert bag.get_dag("example_cerebraform_etl").get_task("generate").pool == CREATE_POOL
+    # A batch is one task per dataset or partition: it paces its own submissions.
+    for dag_id, task_id in (
+        ("example_cerebraform_backfill", "generate_partition"),
+        ("example_cerebraform_batch", "generate_catalog"),
+    ):
+        assert len(bag.get_dag(dag_id).tasks) == 1
+        assert bag.get_dag(dag_id).get_task(task_id).task_type == "CerebraformBatchGenerateOperator"
 
 
 def test_scheduled_example_makes_an_image_then_a_video_from_it_on_a_manual_run(
