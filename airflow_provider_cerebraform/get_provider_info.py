@@ -31,7 +31,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Cerebraform",
-                "python-modules": ["airflow_provider_cerebraform.operators.cerebraform"],
+                "python-modules": [
+                    "airflow_provider_cerebraform.operators.cerebraform",
+                    "airflow_provider_cerebraform.operators.batch",
+                ],
             }
         ],
         "sensors": [
@@ -43,7 +46,10 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {
                 "integration-name": "Cerebraform",
-                "python-modules": ["airflow_provider_cerebraform.triggers.cerebraform"],
+                "python-modules": [
+                    "airflow_provider_cerebraform.triggers.cerebraform",
+                    "airflow_provider_cerebraform.triggers.batch",
+                ],
             }
         ],
         "extra-links": [

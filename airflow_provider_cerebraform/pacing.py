@@ -141,6 +141,21 @@ class WindowRules:
     def cancel(self, state: WindowState, slot_id: Any) -> None:
         state.slots[:] = [slot for slot in state.slots if slot[0] != slot_id]
 
+    def free_at(self, state: WindowState, now: float, count: int) -> float:
+        """
+        When ``count`` requests in a row may be sent at once, without the even spacing that
+        :meth:`reserve` gives callers queueing behind a full window (a batch sends in bursts, so that
+        its worker comes back once per burst rather than once per slot).
+        """
+        slots = [slot for slot in state.slots if slot[1] > now - self.period]
+        allowed = int(self.allowed(state))
+        count = max(1, min(count, allowed))
+        at = max(now, state.paused_until)
+        excess = len(slots) + count - allowed
+        if excess > 0:
+            at = max(at, sorted(slot[1] for slot in slots)[excess - 1] + self.period + self.margin)
+        return at
+
     def on_success(self, state: WindowState) -> None:
         state.allowed = min(self.ceiling, self.allowed(state) + 1.0 / self.ceiling)
 
@@ -280,6 +295,21 @@ class SlidingWindow:
     def on_success(self) -> None:
         with self._lock:
             self.rules.on_success(self.state)
+
+    def remember(self, ages: list[float]) -> None:
+        """
+        Count requests that another process sent on this key ``ages`` seconds ago and that this
+        window does not know of: a batch task's worker resumes in a new process, and without them
+        its first burst would be refused with 429s. Requests the window already holds are assumed
+        to be the newest of them, so only the oldest ``len(ages) - held`` are added.
+        """
+        with self._lock:
+            now = self._clock()
+            recent = sorted(age for age in ages if age < self.period)
+            held = sum(1 for slot in self.state.slots if slot[1] > now - self.period)
+            missing = recent[held:] if held else recent
+            seeded = [[("remembered", next(self._ids)), now - age] for age in missing]
+            self.state.slots[:] = sorted(seeded + self.state.slots, key=lambda slot: slot[1])
 
     def on_rate_limited(self, retry_after: float) -> None:
         with self._lock:

@@ -33,6 +33,7 @@ NAMES = {
     4: "worker_slots",
     5: "imports",
     6: "shared_budget",
+    7: "batch",
 }
 
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="run the benchmarks and write the report")
     run.add_argument("--smoke", action="store_true", help="tiny sizes: shows the benchmarks still run")
-    run.add_argument("--only", default="", help="comma-separated benchmark numbers (1-6)")
+    run.add_argument("--only", default="", help="comma-separated benchmark numbers (1-7)")
     run.add_argument("--output", type=Path, help=f"report file (full size default: {DEFAULT_OUTPUT})")
     run.add_argument("--json", type=Path, help="also write the plain figures as JSON")
     run.add_argument("--keep", action="store_true", help="keep the work directory with every log")

@@ -44,6 +44,10 @@ class Profile:
     #    (waits, time scale, triggerer processes)
     budget_burst: tuple[str, float, int] = ("free", 1800.0, 2)
     budget_poll: tuple[int, float, int] = (40, 60.0, 2)
+    # 7. batches: dataset sizes, time scale, the key's share (a smaller share: more windows per row)
+    batch_sizes: tuple[int, ...] = (1000, 10000)
+    batch_time_scale: float = 360.0
+    batch_rate_share: float = 1.0
 
 
 FULL = Profile(
@@ -92,6 +96,9 @@ SMOKE = Profile(
     slot_time_scale=40.0,
     import_repeats=1,
     parse_repeats=1,
+    batch_sizes=(30,),
+    batch_time_scale=3600.0,
+    batch_rate_share=0.05,
 )
 
 PROFILES = {"full": FULL, "smoke": SMOKE}

@@ -34,10 +34,10 @@ def test_smoke_run_writes_every_section_with_sound_figures(tmp_path: Path) -> No
     assert "-m benchmarks run --smoke" in text  # the exact command
     for row in ("| nproc |", "| memory |", "| cpu |", "| python |", "| apache-airflow |"):
         assert row in text
-    for number in range(1, 7):
+    for number in range(1, 8):
         assert f"\n## {number}. " in text
     sections = json.loads(figures.read_text())["sections"]
-    assert sorted(sections) == ["1", "2", "3", "4", "5", "6"]
+    assert sorted(sections) == ["1", "2", "3", "4", "5", "6", "7"]
 
     # 1. Every watcher saw every job end; the provider's trigger reported failures as failures.
     phases = sections["1"]["facts"]["phases"]
@@ -86,3 +86,10 @@ def test_smoke_run_writes_every_section_with_sound_figures(tmp_path: Path) -> No
     assert burst["host"]["per_success"] <= 0.05 and burst["redis"]["per_success"] <= 0.05, burst
     for row in sections["6"]["facts"]["polling"]:
         assert row["fired"] == row["waits"] > 0 and row["crashed"] == 0, row
+
+    # 7. One batch task stored every prompt, each submitted once, with no 429; its re-run paid nothing.
+    for row in sections["7"]["facts"]["rows"]:
+        assert row["stored"] == row["submissions"] == row["size"] > 0, row
+        assert row["rate_limited"] == 0, row
+        assert row["rerun_submissions"] == row["rerun_credits"] == 0, row
+        assert row["rerun_files_unchanged"], row

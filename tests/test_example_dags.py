@@ -36,6 +36,7 @@ EXAMPLE_DAG_IDS = {
     "example_cerebraform_etl",
     "example_cerebraform_etl_consumer",
     "example_cerebraform_backfill",
+    "example_cerebraform_batch",
 }
 CREATE_POOL = "cerebraform_create"
 
@@ -124,8 +125,14 @@ def test_every_example_dag_loads_without_import_errors_or_warnings() -> None:
         dag = bag.get_dag(dag_id)
         assert "cerebraform" in dag.tags and "example" in dag.tags, dag_id
     # Generations that fan out take their turn in the task-creation pool.
-    for dag_id in ("example_cerebraform_etl", "example_cerebraform_backfill"):
-        assert bag.get_dag(dag_id).get_task("generate").pool == CREATE_POOL
+    assert bag.get_dag("example_cerebraform_etl").get_task("generate").pool == CREATE_POOL
+    # A batch is one task per dataset or partition: it paces its own submissions.
+    for dag_id, task_id in (
+        ("example_cerebraform_backfill", "generate_partition"),
+        ("example_cerebraform_batch", "generate_catalog"),
+    ):
+        assert len(bag.get_dag(dag_id).tasks) == 1
+        assert bag.get_dag(dag_id).get_task(task_id).task_type == "CerebraformBatchGenerateOperator"
 
 
 def test_scheduled_example_makes_an_image_then_a_video_from_it_on_a_manual_run(
@@ -223,6 +230,11 @@ def test_etl_example_cleans_generates_loads_a_catalog_and_the_consumer_picks_it_
     assert cerebraform_emulator.admin.stats()["submissions"]["total"] == len(expected)
 
 
+def partition_results(partition: Path) -> list[dict[str, Any]]:
+    text = (partition / "_cerebraform" / "results.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
+
+
 def test_backfill_example_generates_each_partition_once_and_reruns_pay_nothing(
     cerebraform_emulator: EmulatorHandle, output_dir: Path
 ) -> None:
@@ -231,7 +243,7 @@ def test_backfill_example_generates_each_partition_once_and_reruns_pay_nothing(
     day = datetime(2025, 6, 2, tzinfo=timezone.utc)
     partition = output_dir / "backfill" / "dt=2025-06-02"
     prompt_ids = ["alpine-lake", "meadow-bees", "trail-map"]
-    # The service refuses the first two submissions with 429: the operators wait and try again.
+    # The service refuses the first two submissions with 429: the batch waits and tries again.
     admin.set_faults({"endpoint": "submit", "status": 429, "fail_next": 2, "retry_after": 1})
 
     first = dag.test(logical_date=day)
@@ -240,26 +252,26 @@ def test_backfill_example_generates_each_partition_once_and_reruns_pay_nothing(
     stats = admin.stats()
     assert stats["submissions"]["total"] == 3
     assert stats["responses"]["429"] == 2
-    manifest = json.loads((partition / "_manifest.json").read_text())
-    assert manifest["partition"] == "2025-06-02"
-    assert [prompt["id"] for prompt in manifest["prompts"]] == prompt_ids
-    for prompt in manifest["prompts"]:
-        (entry,) = prompt["files"]
-        path = assert_manifest_matches(entry, entry["request_id"], "image")
-        assert path == partition / prompt["id"] / "image_0.png"
+    lines = partition_results(partition)
+    assert [line["id"] for line in lines] == prompt_ids
+    for line in lines:
+        assert line["status"] == "stored", line
+        (entry,) = line["files"]
+        path = Path(entry["path"].removeprefix("file://"))
+        assert path == partition / line["id"] / "image_0.png"
+        assert sha256(path) == entry["sha256"]
         assert_png(path)
-    before = files_under(partition)
-    assert len(before) == 7  # three images, three request manifests, the partition manifest
+    media = {name: digest for name, digest in files_under(partition).items() if not name.startswith("_")}
+    assert len(media) == 6  # three images, three request manifests
 
-    # The same date again (a re-run backfill, a cleared run): nothing paid, nothing written.
+    # The same date again (a re-run backfill, a cleared run): nothing paid, no media written.
     again = dag.test(logical_date=day)
 
     assert again.state == "success"
     assert admin.stats()["submissions"]["total"] == 3
-    assert files_under(partition) == before
+    assert {n: d for n, d in files_under(partition).items() if not n.startswith("_")} == media
 
-    # A half-done partition (one prompt's output lost, no partition manifest): only that one is paid for.
-    (partition / "_manifest.json").unlink()
+    # A half-done partition (one prompt's files deleted since): only that one is paid for.
     for path in (partition / "trail-map").iterdir():
         path.unlink()
 
@@ -268,14 +280,11 @@ def test_backfill_example_generates_each_partition_once_and_reruns_pay_nothing(
     assert repaired.state == "success"
     assert admin.stats()["submissions"]["total"] == 4
     after = files_under(partition)
-    for name in before:
+    for name in media:
         if name.startswith(("alpine-lake/", "meadow-bees/")):
-            assert after[name] == before[name], name  # untouched
-    assert sorted(after) == sorted(
-        [name for name in before if not name.startswith("trail-map/")]
-        + ["trail-map/image_0.png", f"trail-map/{admin.stats()['tasks'][-1]['request_id']}.manifest.json"]
-    )
-    assert [p["id"] for p in json.loads((partition / "_manifest.json").read_text())["prompts"]] == prompt_ids
+            assert after[name] == media[name], name  # untouched
+    assert (partition / "trail-map" / "image_0.png").exists()
+    assert [line["status"] for line in partition_results(partition)] == ["stored"] * 3
 
 
 def test_backfill_example_skips_a_day_without_prompts(
@@ -287,7 +296,23 @@ def test_backfill_example_skips_a_day_without_prompts(
 
     assert run.state == "success"
     assert cerebraform_emulator.admin.stats()["submissions"]["total"] == 0
-    assert not (output_dir / "backfill" / "dt=2025-06-04" / "_manifest.json").exists()
+    assert not (output_dir / "backfill" / "dt=2025-06-04" / "_cerebraform").exists()
+
+
+def test_batch_example_generates_the_whole_file_in_one_task(
+    cerebraform_emulator: EmulatorHandle, output_dir: Path
+) -> None:
+    dag = load_dag("example_dags/example_cerebraform_batch.py", "example_cerebraform_batch")
+
+    run = dag.test()
+
+    assert run.state == "success"
+    rows = (EXAMPLES / "data" / "batch_prompts.jsonl").read_text().splitlines()
+    lines = partition_results(output_dir / "batch")
+    assert [line["id"] for line in lines] == [json.loads(row)["id"] for row in rows]
+    assert {line["status"] for line in lines} == {"stored"}
+    assert cerebraform_emulator.admin.stats()["submissions"]["total"] == len(rows)
+    assert len(run.get_task_instances()) == 1
 
 
 @pytest.fixture
@@ -363,23 +388,17 @@ def test_examples_write_to_s3_when_only_the_output_variable_changes(
     assert backfill.test(logical_date=day).state == "success"  # the re-run pays and writes nothing
 
     assert cerebraform_emulator.admin.stats()["submissions"]["total"] == 1
-    objects = s3_objects(s3_output, "out/backfill/dt=2025-06-03/")
-    assert sorted(key.rsplit("/", 1)[-1] for key in objects) == sorted(
-        [
-            "_manifest.json",
-            "image_0.png",
-            f"{cerebraform_emulator.admin.stats()['tasks'][0]['request_id']}.manifest.json",
-        ]
-    )
-    body = s3_output.get_object(Bucket="examples", Key="out/backfill/dt=2025-06-03/night-market/image_0.png")
+    prefix = "out/backfill/dt=2025-06-03/"
+    objects = s3_objects(s3_output, prefix)
+    media = sorted(key.removeprefix(prefix) for key in objects if "/_cerebraform/" not in key)
+    request_id = cerebraform_emulator.admin.stats()["tasks"][0]["request_id"]
+    assert media == sorted(["night-market/image_0.png", f"night-market/{request_id}.manifest.json"])
+    body = s3_output.get_object(Bucket="examples", Key=f"{prefix}night-market/image_0.png")
     image = body["Body"].read()
     assert image.startswith(b"\x89PNG\r\n\x1a\n")
-    manifest = json.loads(
-        s3_output.get_object(Bucket="examples", Key="out/backfill/dt=2025-06-03/_manifest.json")[
-            "Body"
-        ].read()
-    )
-    (entry,) = manifest["prompts"][0]["files"]
+    results = s3_output.get_object(Bucket="examples", Key=f"{prefix}_cerebraform/results.jsonl")
+    (line,) = [json.loads(text) for text in results["Body"].read().decode().splitlines()]
+    (entry,) = line["files"]
     assert entry["path"].startswith("s3://")
     assert entry["sha256"] == hashlib.sha256(image).hexdigest()
 

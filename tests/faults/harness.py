@@ -129,6 +129,9 @@ def rerun_tasks(
     record_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     select: Callable[[Any], bool],
+    *,
+    dag_file: str = DAG_FILE,
+    record_env: str = RECORD_DIR_ENV,
 ) -> DagOutcome:
     """
     Clear the task instances of ``run_id`` that ``select`` picks (as the UI's Clear does: same task
@@ -143,8 +146,8 @@ def rerun_tasks(
     from airflow.utils.state import DagRunState, TaskInstanceState
     from sqlalchemy import select as sql_select
 
-    monkeypatch.setenv(RECORD_DIR_ENV, str(record_dir))
-    dag = load_dag(DAG_FILE, dag_id)
+    monkeypatch.setenv(record_env, str(record_dir))
+    dag = load_dag(dag_file, dag_id)
     scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
     started = time.monotonic()
     with create_session() as session:

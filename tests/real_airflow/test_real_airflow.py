@@ -294,6 +294,11 @@ def _file_snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     }
 
 
+def _media_snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """:func:`_file_snapshot` without the batches' state folders (``_cerebraform``, rewritten by each try)."""
+    return {name: value for name, value in _file_snapshot(folder).items() if "_cerebraform" not in name}
+
+
 def _backfill_runs(stack: AirflowStack, dag_id: str) -> dict[str, dict[str, Any]]:
     """The DAG's backfill runs by logical day."""
     runs = stack.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 100})["dag_runs"]
@@ -329,8 +334,8 @@ def _wait_backfill(
 @pytest.mark.timeout(720)
 def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emulator: EmulatorAdmin) -> None:
     """
-    ``airflow backfill create`` of the example over three days (5 prompts) with a one-slot pool: every
-    run succeeds, each prompt is submitted once, the files and manifests land; a second backfill with
+    ``airflow backfill create`` of the example over three days (5 prompts), one batch task per day:
+    every run succeeds, each prompt is submitted once, the files and results land; a second backfill with
     ``--reprocess-behavior completed`` re-runs every day and submits nothing, touching no file.
     """
     dag_id = "example_cerebraform_backfill"
@@ -351,19 +356,11 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
     first_seconds = time.monotonic() - began
 
     assert {day: run["state"] for day, run in runs.items()} == dict.fromkeys(BACKFILL_DAYS, "success"), runs
-    generate_tis: list[dict[str, Any]] = []
     for day, run in runs.items():
         tis = stack.api("GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}/taskInstances")["task_instances"]
         states = {(ti["task_id"], ti["map_index"]): (ti["state"], ti["try_number"]) for ti in tis}
-        mapped = [ti for ti in tis if ti["task_id"] == "generate"]
-        assert len(mapped) == len(expected[day]), states
-        assert set(states.values()) == {("success", 1)}, (day, states)
-        generate_tis.extend(mapped)
-    assert {ti["pool"] for ti in generate_tis} == {BACKFILL_POOL}
-    # The pool was respected (never more than its one slot running or queued), and a deferred wait
-    # did not hold the slot: waits overlapped while the submissions went one at a time.
-    assert pool["occupied_slots"] <= 1 and pool["running_slots"] <= 1, pool
-    assert pool["deferred_slots"] >= 2, pool
+        # One batch task per partition, whatever the number of prompts.
+        assert states == {("generate_partition", -1): ("success", 1)}, (day, states)
 
     submitted = Counter(task["prompt"] for task in emulator.tasks())
     per_day = {day: [submitted[p["prompt"]] for p in prompts] for day, prompts in expected.items()}
@@ -374,10 +371,10 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
     backfill = stack.output / "backfill"
     for day, prompts in expected.items():
         partition = backfill / f"dt={day}"
-        body = json.loads((partition / "_manifest.json").read_text())
-        assert body["partition"] == day and body["run_id"] == runs[day]["dag_run_id"], body
-        assert [entry["id"] for entry in body["prompts"]] == [p["id"] for p in prompts]
-        for prompt, entry in zip(prompts, body["prompts"], strict=True):
+        results = (partition / "_cerebraform" / "results.jsonl").read_text().splitlines()
+        lines = [json.loads(line) for line in results]
+        assert [line["id"] for line in lines] == [p["id"] for p in prompts]
+        for prompt, line in zip(prompts, lines, strict=True):
             folder = partition / prompt["id"]
             image = folder / "image_0.png"
             assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image
@@ -385,11 +382,10 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
                 png.verify()
             request_id = request_ids[prompt["prompt"]]
             assert [p.name for p in folder.glob("*.manifest.json")] == [f"{request_id}.manifest.json"]
-            assert [(f["request_id"], os.path.basename(f["path"])) for f in entry["files"]] == [
-                (request_id, "image_0.png")
-            ]
-    files = _file_snapshot(backfill)
-    assert len(files) == len(BACKFILL_DAYS) + 2 * len(request_ids), sorted(files)
+            assert line["status"] == "stored" and line["request_id"] == request_id, line
+            assert [os.path.basename(f["path"]) for f in line["files"]] == ["image_0.png"]
+    files = _media_snapshot(backfill)
+    assert len(files) == 2 * len(request_ids), sorted(files)
 
     # Airflow allows one running backfill per DAG, and the scheduler marks a backfill complete only on
     # a 30 s timer once its runs have ended: until then a second ``backfill create`` is refused.
@@ -419,9 +415,9 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
     assert {day: run["state"] for day, run in rerun.items()} == dict.fromkeys(BACKFILL_DAYS, "success")
     for run in rerun.values():
         tis = stack.task_instances(dag_id, run["dag_run_id"])
-        assert (tis["plan_partition"]["state"], tis["plan_partition"]["try_number"]) == ("skipped", 2), tis
+        assert tis["generate_partition"]["try_number"] == 2, tis
     assert _submissions(emulator) == len(request_ids), "a re-run paid for a generation again"
-    assert _file_snapshot(backfill) == files, "a re-run changed or added files"
+    assert _media_snapshot(backfill) == files, "a re-run changed or added media"
     print(
         f"\n[real-airflow] backfill of {len(BACKFILL_DAYS)} days, {len(request_ids)} prompts: "
         f"{first_seconds:.1f} s (pool seen {pool}); marked complete after {completed_wait:.1f} s more; "

@@ -1,0 +1,1 @@
+"""Tests of the batch operator (``CerebraformBatchGenerateOperator``) against the emulator."""
