@@ -161,6 +161,8 @@ class CerebraformBatchGenerateOperator(BaseOperator):
         "start_over",
     )
     ui_color = "#e8d8ff"
+    #: What the last step read and wrote (URIs), for :meth:`get_openlineage_facets_on_complete`.
+    _lineage: tuple[list[str], list[str]] | None = None
 
     def __init__(
         self,
@@ -208,6 +210,16 @@ class CerebraformBatchGenerateOperator(BaseOperator):
             self._validate(literal_only=True)
 
     # -- parameters ---------------------------------------------------------------------------------
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """
+        OpenLineage (the ``openlineage`` extra): the prompt dataset as input (none for a list of prompts)
+        and the output folder as output.
+        """
+        from airflow_provider_cerebraform.lineage import operator_lineage
+
+        inputs, outputs = self._lineage or ([], [])
+        return operator_lineage(inputs, outputs)
 
     def _validate(self, *, literal_only: bool = False) -> None:
         def final(value: Any) -> bool:
@@ -673,6 +685,9 @@ class CerebraformBatchGenerateOperator(BaseOperator):
             "max_failed": allowed,
         }
         _write_atomically(state.folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+        # Folders, not files: a batch may store thousands; the results file lists each one.
+        listed = isinstance(self.prompts, (list, tuple))
+        self._lineage = ([] if listed else [str(as_storage_path(self.prompts))], [str(output)])
         for outlet in self.outlets or []:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra = manifest

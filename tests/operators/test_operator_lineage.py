@@ -1,7 +1,8 @@
 """
 OpenLineage, for real: the generate operator's DAG runs with the OpenLineage provider configured with
 a file transport, and the task's COMPLETE event names what it read and what it wrote, for a generation
-downloaded from the service and for one copied from the ledger.
+downloaded from the service, for one copied from the ledger, and for a batch (its prompt dataset in, its
+output folder out).
 
 The DAG runs in a child process (as ``airflow dags test`` would): the OpenLineage provider reads its
 configuration, and decides whether its listener exists, once per process.
@@ -35,16 +36,17 @@ home = AirflowHome(Path(os.environ["AIRFLOW_HOME"]), rootdir=Path(sys.argv[1]))
 dag = home.load_dag("test_dags/cerebraform_ledger_dags.py", "cerebraform_test_ledger_generate")
 for conf in json.loads(sys.argv[2]):
     print("RUN-STATE", dag.test(run_conf=conf).state, flush=True)
+batch = home.load_dag("test_dags/cerebraform_batch_dags.py", "cerebraform_batch")
+print("RUN-STATE", batch.test(run_conf=json.loads(sys.argv[3])).state, flush=True)
 """
 
 
-def _complete_events(path: Path) -> list[dict[str, Any]]:
+def _complete_events(path: Path, job: str) -> list[dict[str, Any]]:
     events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [
         event
         for event in events
-        if event.get("eventType") == "COMPLETE"
-        and event.get("job", {}).get("name") == "cerebraform_test_ledger_generate.image"
+        if event.get("eventType") == "COMPLETE" and event.get("job", {}).get("name") == job
     ]
 
 
@@ -71,10 +73,13 @@ def test_the_complete_event_names_inputs_and_outputs(
         {"output": f"file://{tmp_path / 'day1'}", "ledger": ledger},
         {"output": f"file://{tmp_path / 'day2'}", "ledger": ledger},
     ]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "fox", "prompt": "a fox in the snow"}\n')
+    batch = {"prompts": f"file://{prompts}", "output": f"file://{tmp_path / 'batch'}"}
     log = tmp_path / "child.log"
     with log.open("w") as sink:
         done = subprocess.run(
-            [sys.executable, "-c", RUN_TWICE, str(REPO), json.dumps(runs)],
+            [sys.executable, "-c", RUN_TWICE, str(REPO), json.dumps(runs), json.dumps(batch)],
             env=env,
             stdout=sink,
             stderr=subprocess.STDOUT,
@@ -82,15 +87,19 @@ def test_the_complete_event_names_inputs_and_outputs(
         )
     output = log.read_text()
     states = [line.split()[1] for line in output.splitlines() if line.startswith("RUN-STATE ")]
-    assert done.returncode == 0 and states == ["success", "success"], output[-3000:]
-    assert cerebraform_emulator.admin.stats()["submissions"]["total"] == 1
+    assert done.returncode == 0 and states == ["success", "success", "success"], output[-3000:]
+    assert cerebraform_emulator.admin.stats()["submissions"]["total"] == 2
 
-    generated, copied = _complete_events(events)
-    (task,) = cerebraform_emulator.admin.tasks()
-    request_id = task["request_id"]
+    generated, copied = _complete_events(events, "cerebraform_test_ledger_generate.image")
+    tasks = cerebraform_emulator.admin.tasks()
+    request_id = next(task["request_id"] for task in tasks if task["prompt"] != "a fox in the snow")
     stored = ("file", str(tmp_path / "day1" / f"{request_id}_0.png"))
     assert _names(generated["inputs"]) == [(cerebraform_emulator.url, f"/ai/v1/to-image/result/{request_id}")]
     assert _names(generated["outputs"]) == [stored]
     # The second run paid nothing: its input is the stored file it copied.
     assert _names(copied["inputs"]) == [stored]
     assert _names(copied["outputs"]) == [("file", str(tmp_path / "day2" / f"{request_id}_0.png"))]
+    # The batch: the prompt dataset in, the output folder out (its results file lists every file).
+    (batch_event,) = _complete_events(events, "cerebraform_batch.batch")
+    assert _names(batch_event["inputs"]) == [("file", str(prompts))]
+    assert _names(batch_event["outputs"]) == [("file", str(tmp_path / "batch"))]
