@@ -141,9 +141,9 @@ def test_the_providers_page_links_to_the_documentation_url_of_pyproject():
     Airflow takes from the installed distribution's "Documentation" project URL; without one the page
     falls back to airflow.apache.org/docs/<package>/<version>/, which does not exist for this package.
     """
-    import tomllib
     from importlib.metadata import metadata
 
+    import tomllib
     from airflow.providers_manager import ProvidersManager
 
     urls = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
