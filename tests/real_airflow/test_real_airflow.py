@@ -461,6 +461,8 @@ def browser(stack: AirflowStack) -> Iterator[Browser]:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    # Playwright's 30 s default is too short for one click on a machine at a load average of 20.
+    context.set_default_timeout(120_000)
     try:
         yield context.new_page()
     finally:
