@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, BrowserContext, Page
 
     from airflow_provider_cerebraform.emulator import EmulatorAdmin
 
@@ -458,15 +458,25 @@ def browser(stack: AirflowStack) -> Iterator[Browser]:
         yield launched
 
 
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
+@pytest.fixture(scope="module")
+def browser_context(browser: Browser) -> Iterator[BrowserContext]:
+    """One context for the module, so the UI's scripts are fetched and compiled once (its cache)."""
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     # Playwright's 30 s default is too short for one click on a machine at a load average of 20.
     context.set_default_timeout(120_000)
     try:
-        yield context.new_page()
+        yield context
     finally:
         context.close()
+
+
+@pytest.fixture
+def page(browser_context: BrowserContext) -> Iterator[Page]:
+    page = browser_context.new_page()
+    try:
+        yield page
+    finally:
+        page.close()
 
 
 @pytest.fixture(scope="module")
