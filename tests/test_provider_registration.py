@@ -134,13 +134,27 @@ def test_every_form_field_has_help_text_and_the_bounds_the_hook_enforces():
     assert fields["rate_share"]["schema"]["minimum"] > 0 and fields["rate_share"]["schema"]["maximum"] == 1
 
 
-def test_the_documentation_url_is_this_projects_docs():
-    """Airflow's Providers page links to the distribution's "Documentation" project URL (else to an
-    airflow.apache.org page that does not exist for this package)."""
+@pytest.mark.airflow_min("3.1", reason="Airflow 3.0's Providers page links to airflow.apache.org always")
+def test_the_providers_page_links_to_the_documentation_url_of_pyproject():
+    """
+    Airflow's Providers page links the package to the provider info's ``documentation-url``, which
+    Airflow takes from the installed distribution's "Documentation" project URL; without one the page
+    falls back to airflow.apache.org/docs/<package>/<version>/, which does not exist for this package.
+    """
+    from importlib.metadata import metadata
+
     import tomllib
+    from airflow.providers_manager import ProvidersManager
 
     urls = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
         "urls"
     ]
-    assert urls["Documentation"].endswith("/docs/index.md")
-    assert (Path(__file__).resolve().parent.parent / "docs" / "index.md").is_file()
+    installed = dict(
+        (part.strip() for part in entry.split(",", 1))
+        for entry in metadata("airflow-provider-cerebraform").get_all("Project-URL") or []
+    )
+    assert installed == urls, "the installed metadata is stale: reinstall the package (scripts/bootstrap)"
+    info = ProvidersManager().providers["airflow-provider-cerebraform"].data
+    assert info["documentation-url"] == urls["Documentation"]
+    assert "airflow.apache.org" not in info["documentation-url"]
+    assert info["documentation-url"].startswith("https://")

@@ -369,8 +369,8 @@ class AirflowStack:
         remaining = self.startup_timeout - (time.monotonic() - began)
         wait_until(self._healthy, timeout=remaining, what="a healthy stack", interval=0.5, check=self.check)
         # The execution API builds itself on its first request (seconds, blocking the api-server's loop);
-        # pay that here rather than inside the first task's start.
-        self.http.get(f"{self.api_url}/execution/health", timeout=60).raise_for_status()
+        # pay that here rather than inside the first task's start. Over a minute was seen at a load of 15.
+        self.http.get(f"{self.api_url}/execution/health", timeout=180).raise_for_status()
         self.startup_seconds = time.monotonic() - began
 
     def stop(self) -> None:

@@ -10,6 +10,10 @@ and triggerer as separate processes on a PostgreSQL metadata database, with the 
   through the task state store, and the emulator counts one submission.
 - ``airflow backfill create`` of ``example_cerebraform_backfill`` over three days: each prompt is
   submitted once, inside the pool; a second backfill re-running the completed days pays for nothing.
+- In Chromium (Playwright driving the system browser, ``browser.py``): the connection form shows the
+  provider's fields with help text and keeps timeout and share within the schema's bounds; the Test
+  button fails for a connection with no port (an Airflow 3.3 limit) and works with port 0; a finished
+  task's extra links open the media and the request. Screenshots go to ``$CEREBRAFORM_SCREENSHOTS``.
 - At the end, no log file of any process (nor the metadata database) contains the API key.
 
 One stack serves the module (about half a minute to start here); each test resets the emulator.
@@ -17,6 +21,7 @@ One stack serves the module (about half a minute to start here); each test reset
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,11 +35,14 @@ import pytest
 from PIL import Image
 
 from airflow_provider_cerebraform.emulator import key_label
+from airflow_provider_cerebraform.get_provider_info import get_provider_info
 from airflow_provider_cerebraform.state_storage import STATE_FOLDER
 from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_3_PLUS
 
+from .browser import DOCS_SCREENSHOTS, SCREENSHOTS_ENV, chromium, require_chromium, screenshot
 from .harness import (
     EXAMPLE_DAGS,
+    AirflowApiError,
     AirflowStack,
     assert_secret_not_in_files,
     find_secret_in_files,
@@ -45,6 +53,8 @@ from .harness import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from playwright.sync_api import Browser, BrowserContext, Page
 
     from airflow_provider_cerebraform.emulator import EmulatorAdmin
 
@@ -69,7 +79,14 @@ def stack(
 ) -> Iterator[AirflowStack]:
     root = tmp_path_factory.mktemp("real-airflow")
     _name, url = metadata_database()
-    with AirflowStack(root, api_key=new_api_key(), time_scale=TIME_SCALE, database_url=url) as airflow:
+    with AirflowStack(
+        root,
+        api_key=new_api_key(),
+        time_scale=TIME_SCALE,
+        database_url=url,
+        # The connection list's Test button (the browser checks below); Airflow's default hides it.
+        extra_env={"AIRFLOW__CORE__TEST_CONNECTION": "Enabled"},
+    ) as airflow:
         print(f"\n[real-airflow] stack ready in {airflow.startup_seconds:.1f} s under {root}")
         yield airflow
     print(f"\n[real-airflow] module wall time {time.monotonic() - _MODULE_STARTED:.1f} s")
@@ -424,6 +441,197 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
         f"reprocess {again_seconds:.1f} s; "
         f"submissions by day {per_day}"
     )
+
+
+# ------------------------------------------------------------------------------- the UI, in Chromium
+
+
+@pytest.fixture(scope="module")
+def browser(stack: AirflowStack) -> Iterator[Browser]:
+    """One headless Chromium for the module's UI checks (skips when none is installed)."""
+    binary = require_chromium()
+    with chromium(binary) as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def browser_context(browser: Browser) -> Iterator[BrowserContext]:
+    """One context for the module, so the UI's scripts are fetched and compiled once (its cache)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    # Playwright's 30 s default is too short for one click on a machine at a load average of 20.
+    context.set_default_timeout(120_000)
+    try:
+        yield context
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser_context: BrowserContext) -> Iterator[Page]:
+    page = browser_context.new_page()
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the UI checks' screenshots go: ``$CEREBRAFORM_SCREENSHOTS``, else a temporary directory."""
+    from pathlib import Path  # the module imports it for type hints only
+
+    named = os.environ.get(SCREENSHOTS_ENV)
+    return Path(named) if named else tmp_path_factory.mktemp("screenshots")
+
+
+def _shot(page: Page, folder: Path, name: str) -> None:
+    path = screenshot(page, folder, name)
+    print(f"\n[real-airflow] screenshot {path}")
+    if os.environ.get("CEREBRAFORM_UPDATE_DOCS_SCREENSHOTS"):
+        DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (DOCS_SCREENSHOTS / path.name).write_bytes(path.read_bytes())
+
+
+def _store_connection(stack: AirflowStack, conn_id: str, **fields: Any) -> None:
+    assert stack.emulator is not None
+    with contextlib.suppress(AirflowApiError):
+        stack.api("DELETE", f"/connections/{conn_id}")
+    stack.api(
+        "POST",
+        "/connections",
+        json={
+            "connection_id": conn_id,
+            "conn_type": "cerebraform",
+            "host": stack.emulator.url,
+            "password": stack.api_key,
+            "extra": json.dumps({"tier": "paid", "time_scale": TIME_SCALE}),
+            **fields,
+        },
+    )
+
+
+#: The form's number fields and the bounds the provider info's schema gives them.
+FORM_BOUNDS = {"timeout": ("0.1", "3600"), "retry_limit": ("0", "20"), "rate_share": ("0.01", "1")}
+
+
+@pytest.mark.real_airflow
+def test_connection_form_in_chromium(
+    stack: AirflowStack, emulator: EmulatorAdmin, page: Page, screenshots: Path
+) -> None:
+    """
+    The Add Connection form for Cerebraform shows the provider's fields with their help text and the
+    schema's bounds, and a timeout of -5 and a share of 5 do not reach the database: the form's number
+    fields hold them to the bounds (0.1 and 1) before saving.
+    """
+    conn_id = "cf_ui_form"
+    with contextlib.suppress(AirflowApiError):
+        stack.api("DELETE", f"/connections/{conn_id}")
+    page.goto(f"{stack.api_url}/connections", wait_until="networkidle")
+    page.get_by_role("button", name="Add Connection").click()
+    dialog = page.get_by_role("dialog")
+    dialog.locator("input[name=connection_id]").fill(conn_id)
+    dialog.get_by_role("combobox").fill("Cerebraform")
+    page.keyboard.press("Enter")
+    assert dialog.get_by_text("Base URL", exact=True).is_visible()
+    assert dialog.locator("input[name=host]").get_attribute("placeholder", timeout=10_000) == (
+        "Base URL; empty means https://cerebraform.com"
+    )
+    assert dialog.get_by_text("API key", exact=True).is_visible()
+    assert dialog.locator("input[name=port]").count() == 0, "port and login are hidden for Cerebraform"
+    dialog.locator("input[name=host]").fill(stack.emulator.url if stack.emulator else "")
+    dialog.locator("input[name=password]").fill(stack.api_key)
+    dialog.get_by_role("button", name="Extra Fields", exact=True).click()
+
+    fields = get_provider_info()["connection-types"][0]["conn-fields"]
+    for name, field in fields.items():
+        assert dialog.get_by_text(field["label"], exact=True).is_visible(), name
+        assert dialog.get_by_text(field["description"], exact=True).is_visible(), name
+    for name, (low, high) in FORM_BOUNDS.items():
+        spin = dialog.locator(f"input[name=element_{name}]")
+        assert (spin.get_attribute("aria-valuemin"), spin.get_attribute("aria-valuemax")) == (low, high), name
+    dialog.locator("input[name=element_timeout]").fill("-5")
+    dialog.locator("input[name=element_rate_share]").fill("5")
+    dialog.locator("input[name=element_retry_limit]").click()  # leaving a field applies its bounds
+    _shot(page, screenshots, "connection-form")
+    with page.expect_response(lambda r: r.url.endswith("/api/v2/connections") and r.request.method == "POST"):
+        dialog.get_by_role("button", name="Save").click()
+
+    stored = json.loads(stack.api("GET", f"/connections/{conn_id}")["extra"])
+    assert stored["timeout"] == 0.1 and stored["rate_share"] == 1, stored
+    assert stored["retry_limit"] == 3 and stored["tier"] == "free", stored
+
+
+def _click_test(page: Page, conn_id: str) -> tuple[int, dict[str, Any], dict[str, Any]]:
+    """Press the Test button of a connection's row; return the API's status, answer and the request."""
+    row = page.get_by_role("row").filter(has_text=conn_id)
+    with page.expect_response(lambda r: r.url.endswith("/api/v2/connections/test")) as answer:
+        row.get_by_label("Test Connection").click()
+    response = answer.value
+    return response.status, response.json(), json.loads(response.request.post_data or "{}")
+
+
+@pytest.mark.real_airflow
+def test_connection_test_button_in_chromium(
+    stack: AirflowStack, emulator: EmulatorAdmin, page: Page, screenshots: Path
+) -> None:
+    """
+    Airflow 3.3's connection list sends ``port: Number(port)``, 0 for a connection stored without a
+    port, and its API refuses a test whose port differs from the stored one (400). A Cerebraform
+    connection has no port (the form hides it), so its Test button fails; stored with port 0 it works.
+    The provider cannot change what the UI sends (see docs/connection.md).
+    """
+    _store_connection(stack, "cf_ui_no_port", port=None)
+    _store_connection(stack, "cf_ui_port_0", port=0)
+    page.goto(f"{stack.api_url}/connections", wait_until="networkidle")
+
+    status, answer, sent = _click_test(page, "cf_ui_no_port")
+    assert sent["port"] == 0 and sent["password"] == "***", sent
+    assert status == 400, answer
+    assert "differs from the stored connection" in answer["detail"], answer
+    page.get_by_text("Test Connection Failed").wait_for()
+    _shot(page, screenshots, "connection-test-no-port")
+    page.mouse.move(0, 0)  # the first button's tooltip would take the second click
+
+    status, answer, sent = _click_test(page, "cf_ui_port_0")
+    assert status == 200 and answer["status"] is True, answer
+    assert re.fullmatch(r"Connected: \d+ credits", answer["message"]), answer
+    page.get_by_text("Test Connection Successful").wait_for()
+    _shot(page, screenshots, "connection-test-port-0")
+    assert stack.api_key not in page.content()
+
+
+@pytest.mark.real_airflow
+def test_extra_links_in_chromium(
+    stack: AirflowStack, emulator: EmulatorAdmin, page: Page, screenshots: Path
+) -> None:
+    """A finished generation's task instance shows the media and request links, pointing at them."""
+    dag_id, run_id, task_id = "example_cerebraform_scheduled", "rt_example", "generate_image"
+    try:
+        run = stack.dag_run(dag_id, run_id)
+    except AirflowApiError:  # run alone: make the run the example test makes
+        _ready(stack, dag_id, "example_cerebraform_scheduled.py")
+        stack.trigger(dag_id, run_id, logical_date="2025-06-01T00:00:00+00:00")
+        run = stack.wait_for_run(dag_id, run_id, timeout=240).__dict__
+    assert run["state"] == "success", run
+    links = stack.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/links")["extra_links"]
+    assert stack.emulator is not None
+    base = stack.emulator.url
+    request_id = links["Cerebraform request"].rsplit("/", 1)[-1]
+    assert links["Cerebraform request"] == f"{base}/ai/v1/to-image/status/{request_id}", links
+    assert links["Cerebraform media"].startswith(f"{base}/media/{request_id}"), links
+    stored = _manifest(stack.output / "scheduled" / "2025-06-01")
+    assert request_id in {entry["request_id"] for entry in stored}, stored
+
+    page.goto(
+        f"{stack.api_url}/dags/{dag_id}/runs/{run_id}/tasks/{task_id}/details", wait_until="networkidle"
+    )
+    shown = {}
+    for name in links:
+        button = page.get_by_role("link", name=name, exact=True)
+        button.wait_for()
+        shown[name] = (button.get_attribute("href"), button.get_attribute("target"))
+    assert shown == {name: (url, "_blank") for name, url in links.items()}, shown
+    _shot(page, screenshots, "extra-links")
 
 
 @pytest.mark.real_airflow

@@ -226,3 +226,49 @@ def test_slow_answers_do_not_block_the_loop(cerebraform_emulator: EmulatorHandle
     # Every poll waited 0.3 s for its answer: had one blocked, the audit would hold its connect or sleep.
     assert run.blocking_calls == []
     print(f"\nworst loop lag {run.worst_lag * 1000:.1f} ms, {len(run.slow_callbacks)} callbacks over 0.1 s")
+
+
+#: Run in a fresh interpreter, as a triggerer runs a trigger: Airflow imports the trigger's class first
+#: (on the loop; nothing to do about that), then the trigger runs. Prints the modules first imported on
+#: the loop's thread while it ran.
+_IMPORTS_ON_THE_LOOP = """
+import asyncio, json, sys, threading
+import airflow.sdk.execution_time.supervisor  # loaded long before any trigger in a triggerer
+from airflow_provider_cerebraform.triggers.cerebraform import CerebraformTaskTrigger
+
+loop_thread, imported = threading.get_ident(), []
+
+def audit(event, args):
+    if event == "import" and threading.get_ident() == loop_thread:
+        imported.append(args[0])
+
+async def main():
+    sys.addaudithook(audit)
+    return [e.payload async for e in CerebraformTaskTrigger(sys.argv[1], "image", poll_interval=0.1).run()]
+
+events = asyncio.run(main())
+print(json.dumps({"events": events, "imported": imported}))
+"""
+
+
+def test_the_trigger_imports_the_hook_off_the_loop(cerebraform_emulator: EmulatorHandle) -> None:
+    """
+    The first trigger of a triggerer imports the hook's module (requests, the media and budget code):
+    in a worker thread, so the loop every trigger of the process shares goes on meanwhile.
+    """
+    import subprocess
+    import sys
+
+    request_id = submit(cerebraform_emulator, "imports off the loop")
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_ON_THE_LOOP, request_id],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [event["status"] for event in answer["events"]] == ["done"], answer["events"]
+    heavy = [m for m in answer["imported"] if m.startswith(("airflow_provider_cerebraform", "requests"))]
+    assert heavy == [], f"imported on the event loop: {heavy}"
