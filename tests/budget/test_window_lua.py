@@ -6,6 +6,7 @@ delays, admissions, slot times, pause and adaptive ceiling.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -129,3 +130,16 @@ def test_one_reservation_is_one_round_trip(window: SharedWindow, redis_server: R
     assert delays[:3] == pytest.approx([0, 0, 0], abs=0.05)
     assert delays[3] == pytest.approx(PERIOD + window.rules.margin, abs=0.05)
     assert delays[4] == pytest.approx(delays[3] + PERIOD / LIMIT, abs=0.05)
+
+
+async def test_a_thousand_waits_on_one_loop_stay_on_the_shared_budget(
+    window: SharedWindow, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A triggerer's loop with a thousand waits: each step borrows one of a few connections, so the
+    # budget never runs out of them (it did with a connection per call, and fell back to pacing alone).
+    reservations = await asyncio.gather(*(window.areserve() for _ in range(1000)))
+    assert [r.slot[0] for r in reservations] == ["shared"] * 1000
+    assert not [r for r in caplog.records if r.name == "airflow_provider_cerebraform.budget"]
+    delays = sorted(r.delay for r in reservations)
+    # All of them queued in one window, a third of the period apart once the first 3 are taken.
+    assert delays[-1] == pytest.approx(PERIOD + window.rules.margin + (1000 - 4) * PERIOD / LIMIT, rel=0.01)
