@@ -59,8 +59,10 @@ log = logging.getLogger(__name__)
 BUDGETS = ("process", "host", "redis")
 #: Seconds a Redis connect or command may take before the process paces on its own.
 STORE_TIMEOUT = 0.5
-#: Redis connections (and so steps at once) per event loop.
-ASYNC_CONNECTIONS = 8
+#: Redis connections (and so steps at once) per event loop. One: a step takes a fraction of a
+#: millisecond in Redis, and with several at once (8) a thousand triggers on one loop stalled in the
+#: benchmark after a timeout, where one at a time (the earlier design's rule) never did.
+ASYNC_CONNECTIONS = 1
 #: Seconds between attempts to go back to a store that failed.
 RECHECK_AFTER = 30.0
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "cerebraform-budget"
@@ -267,8 +269,7 @@ class RedisStore(_Store):
     async def acall(self, window: SharedWindow, op: str, *args: Any) -> tuple[Any, bool]:
         script, calls = self._async_script()
         # A thousand triggers on one loop would each open a connection (and run out of them: the
-        # budget then failed over to per-process pacing in the benchmark); a few suffice, as each
-        # step takes a fraction of a millisecond in Redis.
+        # budget then failed over to per-process pacing in the benchmark): they take turns instead.
         async with calls:
             if not self.available():  # it failed while this call waited its turn
                 raise StoreUnavailable("down")

@@ -135,7 +135,7 @@ def test_one_reservation_is_one_round_trip(window: SharedWindow, redis_server: R
 async def test_a_thousand_waits_on_one_loop_stay_on_the_shared_budget(
     window: SharedWindow, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A triggerer's loop with a thousand waits: each step borrows one of a few connections, so the
+    # A triggerer's loop with a thousand waits: the steps take turns on one connection, so the
     # budget never runs out of them (it did with a connection per call, and fell back to pacing alone).
     reservations = await asyncio.gather(*(window.areserve() for _ in range(1000)))
     assert [r.slot[0] for r in reservations] == ["shared"] * 1000

@@ -440,9 +440,8 @@ class AirflowStack:
         return self._start(
             name,
             ["triggerer", "--pid", str(self.home / f"{name}.pid")],
-            log_name=f"{name}-{self.triggerer_starts}"
-            if name != "triggerer"
-            else f"triggerer-{self.triggerer_starts}",
+            # The first triggerer's log is numbered by its starts (tests restart it); others by name.
+            log_name=f"triggerer-{self.triggerer_starts}" if name == "triggerer" else name,
             env={"AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())},
         )
 

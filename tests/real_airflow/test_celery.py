@@ -68,6 +68,8 @@ def celery_stack(
         tier="free",
         connection_extra={"budget": "redis", "redis_url": redis_server.url.rsplit("/", 1)[0] + "/2"},
         extra_env={"AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "64"},
+        # Two more processes than the LocalExecutor stack, each importing Airflow: slower to start.
+        startup_timeout=420.0,
     ) as airflow:
         print(f"\n[celery] stack ready in {airflow.startup_seconds:.1f} s under {root}")
         yield airflow
