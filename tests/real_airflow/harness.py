@@ -5,7 +5,9 @@ A real Airflow 3.3 stack on loopback for the provider's end-to-end tests, with t
 metadata database (a PostgreSQL database of its own, see ``postgres.py``; sqlite in the home only when
 no URL is given), and starts ``api-server``, ``scheduler`` (LocalExecutor), ``dag-processor`` and
 ``triggerer`` as separate subprocesses (so the triggerer can be restarted alone), plus the Cerebraform
-emulator. Every Airflow process gets the ``cerebraform_default`` connection through
+emulator. With ``executor="CeleryExecutor"`` it also starts ``airflow celery worker`` processes
+(Redis broker, the metadata database as result backend), and ``triggerers`` may be more than one.
+Every Airflow process gets the ``cerebraform_default`` connection through
 ``AIRFLOW_CONN_CEREBRAFORM_DEFAULT``. Each process writes its own log file under ``<root>/logs``;
 each is stopped by its pid (SIGTERM, wait, SIGKILL), then what is left of its process group and of
 the descendants recorded before the stop (task runners live in process groups of their own).
