@@ -9,7 +9,7 @@ tier's hourly creation limit) runs time-scaled:
 - at least 95% of the creation limit is used in each full window (every window before the last);
 - both triggerers ran the waits, and their polls, paced by one shared budget, drew no 429.
 
-Select it with ``-m celery`` (or the module's name). About 10 minutes on a loaded 2-core machine: 4 to
+Select it with ``-m celery`` (or the module's name). 12 minutes on a loaded 2-core machine (728 s): 3 to
 start the stack, 6 windows of 60 s, and the last downloads.
 """
 
