@@ -4,17 +4,22 @@ Rate budgets shared by several processes: the connection's ``budget`` extra.
 ``process`` (the default) is the in-process pacer of :mod:`~airflow_provider_cerebraform.pacing`.
 ``host`` keeps each window's state in a small file under a shared directory, updated under an
 exclusive ``flock``: every process on the machine shares one budget. ``redis`` keeps it in Redis,
-updated in a ``WATCH``/``MULTI`` transaction: every process on every host shares one budget.
+changed by one atomic Lua script per step: every process on every host shares one budget.
 
-Both apply the very rules of the in-process pacer (:class:`~airflow_provider_cerebraform.pacing.WindowRules`
-on a :class:`~airflow_provider_cerebraform.pacing.WindowState`): sliding windows per tier and bucket,
-reservations served in order and spaced evenly once callers queue, the pause a 429's ``Retry-After``
-asks for, seen by every process, and the adaptive (AIMD) ceiling. That is why this is written here
-rather than taken from the ``limits`` library: its moving window answers "may I hit now?", and has
-no reservations for queued callers (so no even spacing nor a known wait), no shared pause and no
-adaptive ceiling; only one copy of the rules in Python keeps the three backends alike. A Redis
-transaction rather than a Lua script keeps that single copy; the transaction is retried when
-another process changed the window in between.
+All follow the rules of the in-process pacer (:class:`~airflow_provider_cerebraform.pacing.WindowRules`):
+sliding windows per tier and bucket, reservations of future slots spaced evenly once callers queue,
+the pause a 429's ``Retry-After`` asks for, seen by every process, and the adaptive (AIMD) ceiling.
+``host`` runs ``WindowRules`` itself on a :class:`~airflow_provider_cerebraform.pacing.WindowState`;
+``redis`` runs the same rules in Lua (:data:`WINDOW_LUA`), so that a caller reserves its slot in one
+round trip: the earlier design (the state read, changed in Python, and written back in a
+``WATCH``/``MULTI`` transaction, retried on conflicts) took 3 round trips per step, serialised the
+steps of a process and rewrote the whole queue each time, and it left 18% of the creation limit
+unused and polled at half the speed of a static ``rate_share`` (``docs/benchmarks.md``, section 6).
+The Lua is written here rather than taken from the ``limits`` library: its moving window answers
+"may I hit now?" (``hit``/``test``/``get_window_stats``); it has no reservation of a future slot
+(so no known wait and no even spacing of queued callers), no pause shared after a 429 and no
+adaptive ceiling. A test (``tests/budget/test_window_lua.py``) runs the script and ``WindowRules``
+side by side on the same steps, so the two copies cannot drift apart unnoticed.
 
 Shared windows do I/O, so the protocol asks them through ``PacerCall`` steps: the blocking client
 calls them, the async client awaits their ``a``-prefixed forms (``redis.asyncio``, or a thread for
@@ -54,6 +59,10 @@ log = logging.getLogger(__name__)
 BUDGETS = ("process", "host", "redis")
 #: Seconds a Redis connect or command may take before the process paces on its own.
 STORE_TIMEOUT = 0.5
+#: Redis connections (and so steps at once) per event loop. One: a step takes a fraction of a
+#: millisecond in Redis, and with several at once (8) a thousand triggers on one loop stalled in the
+#: benchmark after a timeout, where one at a time (the earlier design's rule) never did.
+ASYNC_CONNECTIONS = 1
 #: Seconds between attempts to go back to a store that failed.
 RECHECK_AFTER = 30.0
 DEFAULT_DIR = Path(tempfile.gettempdir()) / "cerebraform-budget"
@@ -84,7 +93,12 @@ class StoreUnavailable(Exception):
 
 
 class _Store:
-    """Where shared windows live; ``transact`` applies ``change(state, now)`` atomically."""
+    """
+    Where shared windows live. ``call(window, op, *args)`` applies one rule of
+    :class:`~airflow_provider_cerebraform.pacing.WindowRules` (``reserve``, ``confirm``, ``settle``,
+    ``cancel``, ``on_success``, ``on_rate_limited``) to the window's shared state atomically, and
+    answers ``(result, full)``: the rule's result and whether the adaptive ceiling is at its maximum.
+    """
 
     description = "store"
 
@@ -111,17 +125,29 @@ class _Store:
                 RECHECK_AFTER,
             )
 
-    def transact(self, key: str, period: float, change: Callable[[WindowState, float], T]) -> T:
+    def call(self, window: SharedWindow, op: str, *args: Any) -> tuple[Any, bool]:
         raise NotImplementedError
 
-    async def atransact(self, key: str, period: float, change: Callable[[WindowState, float], T]) -> T:
+    async def acall(self, window: SharedWindow, op: str, *args: Any) -> tuple[Any, bool]:
         raise NotImplementedError
 
 
-def _ttl(state: WindowState, now: float, period: float) -> float:
-    """How long the state matters: until its last slot and its pause have left the window."""
-    last = max([slot[1] for slot in state.slots] + [state.paused_until, now])
-    return max(1.0, last - now + period + 1.0)
+def _apply(rules: WindowRules, state: WindowState, now: float, op: str, args: tuple[Any, ...]) -> Any:
+    """One rule on a state in Python (the ``host`` budget; the ``redis`` budget runs :data:`WINDOW_LUA`)."""
+    if op == "reserve":
+        slot_id, max_delay = args
+        return rules.reserve(state, now, slot_id, max_delay)
+    if op == "confirm":
+        return rules.confirm(state, now, args[0])
+    if op == "settle":
+        return rules.settle(state, now, args[0])
+    if op == "cancel":
+        return rules.cancel(state, args[0])
+    if op == "on_success":
+        return rules.on_success(state)
+    if op == "on_rate_limited":
+        return rules.on_rate_limited(state, now, args[0])
+    raise ValueError(f"unknown window operation {op!r}")
 
 
 class FileStore(_Store):
@@ -137,13 +163,14 @@ class FileStore(_Store):
         self.directory = Path(directory)
         self.description = f"host budget in {self.directory}"
 
-    def transact(self, key: str, period: float, change: Callable[[WindowState, float], T]) -> T:
+    def call(self, window: SharedWindow, op: str, *args: Any) -> tuple[Any, bool]:
         import fcntl
 
+        rules = window.rules
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            path = self.directory / f"{key}.json"
-            lock = os.open(self.directory / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            path = self.directory / f"{window.key}.json"
+            lock = os.open(self.directory / f"{window.key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 try:
@@ -151,25 +178,26 @@ class FileStore(_Store):
                 except FileNotFoundError:
                     raw = b""
                 state = _load(raw)
-                result = change(state, time.time())
+                result = _apply(rules, state, time.time(), op, args)
                 temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
                 temporary.write_text(state.to_json())
                 temporary.replace(path)
-                return result
+                return result, rules.allowed(state) >= rules.ceiling
             finally:
                 os.close(lock)  # also releases the flock
         except OSError as error:
             raise StoreUnavailable(str(error)) from error
 
-    async def atransact(self, key: str, period: float, change: Callable[[WindowState, float], T]) -> T:
+    async def acall(self, window: SharedWindow, op: str, *args: Any) -> tuple[Any, bool]:
         # flock blocks while another process holds the lock: wait for it in a thread, off the loop.
-        return await asyncio.to_thread(self.transact, key, period, change)
+        return await asyncio.to_thread(self.call, window, op, *args)
 
 
 class RedisStore(_Store):
     """
-    Windows as Redis strings, changed in a ``WATCH``/``MULTI`` transaction; the time is the Redis
-    server's, so hosts whose clocks differ still agree on the windows.
+    Windows in Redis, each changed by one call of a Lua script (:data:`WINDOW_LUA`), which Redis runs
+    atomically: one round trip per rule, no transaction to retry, however many processes share the
+    window. The time is the Redis server's, so hosts whose clocks differ still agree on the windows.
 
     :param url: a ``redis://`` or ``rediss://`` URL (it may hold a password: it is never logged).
     """
@@ -183,9 +211,10 @@ class RedisStore(_Store):
         self.description = f"redis budget at {parts.hostname}:{parts.port or 6379}{parts.path or ''}"
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self._client = redis.Redis.from_url(url, **self._options(redis.retry.Retry))
-        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._script = self._client.register_script(WINDOW_LUA)
+        self._async_scripts: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[Any, asyncio.Semaphore]
+        ] = weakref.WeakKeyDictionary()
 
     @staticmethod
     def _options(retry_class: Any) -> dict[str, Any]:
@@ -199,64 +228,168 @@ class RedisStore(_Store):
             "health_check_interval": 0,
         }
 
-    def transact(self, key: str, period: float, change: Callable[[WindowState, float], T]) -> T:
-        import redis
+    @staticmethod
+    def script_args(
+        window: SharedWindow, op: str, args: tuple[Any, ...], now: float | None = None
+    ) -> list[Any]:
+        """The script's ARGV for one rule (``now``: a fixed clock for tests; None: the server's ``TIME``)."""
+        rules = window.rules
+        if op == "reserve":
+            slot_id, max_delay = args
+            args = (slot_id, "" if max_delay is None else repr(float(max_delay)))
+        head = [
+            op,
+            repr(rules.period),
+            repr(rules.ceiling),
+            repr(rules.margin),
+            "" if now is None else repr(now),
+        ]
+        return head + [arg if isinstance(arg, str) else repr(arg) for arg in args]
 
+    @staticmethod
+    def keys(window: SharedWindow) -> list[str]:
+        return [f"{window.key}:slots", window.key]
+
+    @staticmethod
+    def parse(op: str, answer: list[Any], slot_id: Any = None) -> tuple[Any, bool]:
+        flag, number, full = int(answer[0]), float(answer[1]), bool(int(answer[2]))
+        if op == "reserve":
+            return (number, bool(flag)), full
+        if op == "confirm":
+            return number, full
+        return None, full
+
+    def call(self, window: SharedWindow, op: str, *args: Any) -> tuple[Any, bool]:
         try:
-            with self._client.pipeline() as pipe:
-                while True:
-                    try:
-                        pipe.watch(key)
-                        raw, (seconds, micros) = pipe.eval(_READ, 1, key)
-                        now = int(seconds) + int(micros) / 1e6
-                        state = _load(raw)
-                        result = change(state, now)
-                        pipe.multi()
-                        pipe.set(key, state.to_json(), px=int(_ttl(state, now, period) * 1000))
-                        pipe.execute()
-                        return result
-                    except redis.WatchError:
-                        continue
+            answer = self._script(keys=self.keys(window), args=self.script_args(window, op, args))
         except self._errors as error:
             raise StoreUnavailable(type(error).__name__) from error
+        return self.parse(op, answer)
 
-    async def atransact(self, key: str, period: float, change: Callable[[WindowState, float], T]) -> T:
-        import redis
+    async def acall(self, window: SharedWindow, op: str, *args: Any) -> tuple[Any, bool]:
+        script, calls = self._async_script()
+        # A thousand triggers on one loop would each open a connection (and run out of them: the
+        # budget then failed over to per-process pacing in the benchmark): they take turns instead.
+        async with calls:
+            if not self.available():  # it failed while this call waited its turn
+                raise StoreUnavailable("down")
+            try:
+                answer = await script(keys=self.keys(window), args=self.script_args(window, op, args))
+            except (*self._errors, asyncio.TimeoutError) as error:
+                raise StoreUnavailable(type(error).__name__) from error
+        return self.parse(op, answer)
 
-        client = self._async_client()
-        try:
-            async with client.pipeline() as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        raw, (seconds, micros) = await pipe.eval(_READ, 1, key)
-                        now = int(seconds) + int(micros) / 1e6
-                        state = _load(raw)
-                        result = change(state, now)
-                        pipe.multi()
-                        pipe.set(key, state.to_json(), px=int(_ttl(state, now, period) * 1000))
-                        await pipe.execute()
-                        return result
-                    except redis.WatchError:
-                        continue
-        except (*self._errors, asyncio.TimeoutError) as error:
-            raise StoreUnavailable(type(error).__name__) from error
-
-    def _async_client(self) -> Any:
+    def _async_script(self) -> tuple[Any, asyncio.Semaphore]:
         """One client per event loop: a ``redis.asyncio`` connection belongs to the loop that made it."""
         import redis.asyncio
 
         loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            client = self._async_clients[loop] = redis.asyncio.Redis.from_url(
-                self.url, **self._options(redis.asyncio.retry.Retry)
+        entry = self._async_scripts.get(loop)
+        if entry is None:
+            client = redis.asyncio.Redis.from_url(
+                self.url, max_connections=ASYNC_CONNECTIONS, **self._options(redis.asyncio.retry.Retry)
             )
-        return client
+            entry = self._async_scripts[loop] = (
+                client.register_script(WINDOW_LUA),
+                asyncio.Semaphore(ASYNC_CONNECTIONS),
+            )
+        return entry
 
 
-# The state and the server's clock in one round trip (read-only: the rules run in Python).
-_READ = "return {redis.call('GET', KEYS[1]) or false, redis.call('TIME')}"
+# The rules of WindowRules (pacing.py) as one atomic step in Redis. KEYS[1]: the window's reservations,
+# a sorted set of slot id -> time (sent, or answered); KEYS[2]: a hash of the adaptive ceiling
+# ('allowed'), the Retry-After pause ('paused') and the last halving ('decreased'). ARGV: operation,
+# period, ceiling, edge margin, now ('' for the server's TIME), then the operation's arguments. It
+# answers {flag, number, full}: reserve {admitted, delay}, confirm {1, delay}, the others {1, 0}; full
+# is 1 when the ceiling is at its maximum (no additive increase to send). Numbers go back as strings:
+# Redis would truncate Lua numbers to integers. Sorted by time rather than by reservation order, the
+# n-th latest slot is exactly what bounds the window, so a slot moved later by a late answer is
+# counted where it lands. tests/budget/test_window_lua.py checks it against WindowRules step by step.
+WINDOW_LUA = """
+local slots, state = KEYS[1], KEYS[2]
+local op = ARGV[1]
+local period, ceiling, margin = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now = tonumber(ARGV[5])
+if not now then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local function num(x) return string.format('%.17g', x) end
+local allowed = math.min(ceiling, tonumber(redis.call('HGET', state, 'allowed')) or ceiling)
+local paused = tonumber(redis.call('HGET', state, 'paused')) or 0
+redis.call('ZREMRANGEBYSCORE', slots, '-inf', num(now - period))
+local flag, answer = 1, 0
+if op == 'reserve' then
+  local whole = math.floor(allowed)
+  local at = math.max(now, paused)
+  local count = redis.call('ZCARD', slots)
+  if count > 0 then
+    local last = tonumber(redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')[2])
+    at = math.max(at, last)
+    if count >= whole then
+      local nth = tonumber(redis.call('ZRANGE', slots, -whole, -whole, 'WITHSCORES')[2])
+      -- once callers queue, space them evenly rather than a window's budget in one burst
+      at = math.max(at, nth + period + margin, last + period / whole)
+    end
+  end
+  answer = at - now
+  local max_delay = tonumber(ARGV[7])
+  if max_delay and answer > max_delay then
+    flag = 0
+  else
+    redis.call('ZADD', slots, num(at), ARGV[6])
+  end
+elseif op == 'confirm' then
+  local need = math.max(now, paused)
+  local position = redis.call('ZRANK', slots, ARGV[6])
+  if position then
+    local whole = math.floor(allowed)
+    if position >= whole then
+      local ahead = redis.call('ZRANGE', slots, position - whole, position - whole, 'WITHSCORES')
+      need = math.max(need, tonumber(ahead[2]) + period + margin)
+    end
+    if need > tonumber(redis.call('ZSCORE', slots, ARGV[6])) then
+      redis.call('ZADD', slots, num(need), ARGV[6])
+    end
+  end
+  answer = need - now
+elseif op == 'settle' then
+  local at = redis.call('ZSCORE', slots, ARGV[6])
+  if at and now > tonumber(at) then
+    redis.call('ZADD', slots, num(now), ARGV[6])
+  end
+elseif op == 'cancel' then
+  redis.call('ZREM', slots, ARGV[6])
+elseif op == 'on_success' then
+  allowed = math.min(ceiling, allowed + 1 / ceiling)
+  if allowed >= ceiling then
+    redis.call('HDEL', state, 'allowed')
+  else
+    redis.call('HSET', state, 'allowed', num(allowed))
+  end
+elseif op == 'on_rate_limited' then
+  -- halve once per episode and at most once per window (see WindowRules.on_rate_limited)
+  local decreased = tonumber(redis.call('HGET', state, 'decreased')) or -math.huge
+  if now >= paused and now >= decreased + period then
+    allowed = math.max(1, allowed / 2)
+    redis.call('HSET', state, 'allowed', num(allowed), 'decreased', num(now))
+  end
+  paused = math.max(paused, now + tonumber(ARGV[6]))
+  redis.call('HSET', state, 'paused', num(paused))
+else
+  return redis.error_reply('unknown window operation ' .. tostring(op))
+end
+-- the state matters until its last slot and its pause have left the window
+local last = math.max(now, paused)
+local top = redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')
+if top[2] then last = math.max(last, tonumber(top[2])) end
+local ttl = math.ceil((last - now + period + 1) * 1000)
+redis.call('PEXPIRE', slots, ttl)
+redis.call('PEXPIRE', state, ttl)
+local full = 0
+if allowed >= ceiling then full = 1 end
+return {flag, num(answer), full}
+"""
 
 
 def _load(raw: bytes | str | None) -> WindowState:
@@ -290,94 +423,69 @@ class SharedWindow:
         self.ceiling = self.rules.ceiling
         self.local = SlidingWindow(limit, period, share)
         self._full = False
-        # One change at a time per process: concurrent transactions on one key would mostly abort
-        # and retry (WATCH), which cost 10x the round trips with 40 triggers on a loop.
-        self._thread_lock = threading.Lock()
-        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-            weakref.WeakKeyDictionary()
-        )
 
     def __repr__(self) -> str:
         return f"SharedWindow({self.store.description}, period={self.period:g})"
 
-    # Each call is a change to the shared state and what to do in-process instead.
+    # Each call is an operation on the shared state, its arguments, and what to do in-process instead.
 
-    def _reserve(self, max_delay: float | None) -> tuple[Callable[..., Any], Callable[[], Any]]:
-        slot_id = os.urandom(6).hex()
-
-        def change(state: WindowState, now: float) -> Reservation:
-            delay, admitted = self.rules.reserve(state, now, slot_id, max_delay)
-            return Reservation(delay, admitted, ("shared", slot_id) if admitted else None)
-
+    def _reserve(self, max_delay: float | None) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
         def local() -> Reservation:
             reservation = self.local.reserve(max_delay)
             return Reservation(reservation.delay, reservation.admitted, ("local", reservation))
 
-        return change, local
+        return "reserve", (os.urandom(6).hex(), max_delay), local
 
-    def _confirm(self, reservation: Reservation) -> tuple[Callable[..., Any], Callable[[], Any]]:
+    def _confirm(self, reservation: Reservation) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
         where, slot = reservation.slot or ("local", Reservation(0.0, True))
         if where == "local":
-            return None, lambda: self.local.confirm(slot)  # type: ignore[return-value]
-        return (
-            lambda state, now: self.rules.confirm(state, now, slot),
-            lambda: self.local.confirm(Reservation(0.0, True)),
-        )
+            return None, (), lambda: self.local.confirm(slot)
+        return "confirm", (slot,), lambda: self.local.confirm(Reservation(0.0, True))
 
-    def _settle(self, reservation: Reservation) -> tuple[Callable[..., Any], Callable[[], Any]]:
+    def _settle(self, reservation: Reservation) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
         where, slot = reservation.slot or ("local", Reservation(0.0, True))
         if where == "local":
-            return None, lambda: self.local.settle(slot)  # type: ignore[return-value]
-        return lambda state, now: self.rules.settle(state, now, slot), lambda: None
+            return None, (), lambda: self.local.settle(slot)
+        return "settle", (slot,), lambda: None
 
-    def _cancel(self, reservation: Reservation) -> tuple[Callable[..., Any], Callable[[], Any]]:
+    def _cancel(self, reservation: Reservation) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
         where, slot = reservation.slot or ("local", Reservation(0.0, True))
         if where == "local":
-            return None, lambda: self.local.cancel(slot)  # type: ignore[return-value]
-        return lambda state, now: self.rules.cancel(state, slot), lambda: None
+            return None, (), lambda: self.local.cancel(slot)
+        return "cancel", (slot,), lambda: None
 
-    def _on_success(self) -> tuple[Callable[..., Any], Callable[[], Any]]:
+    def _on_success(self) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
         if self._full:
             # The additive increase only matters after a 429 lowered the ceiling: skip the round trip.
-            return None, lambda: None
-        return lambda state, now: self.rules.on_success(state), self.local.on_success
+            return None, (), lambda: None
+        return "on_success", (), self.local.on_success
 
-    def _on_rate_limited(self, retry_after: float) -> tuple[Callable[..., Any], Callable[[], Any]]:
-        return (
-            lambda state, now: self.rules.on_rate_limited(state, now, retry_after),
-            lambda: self.local.on_rate_limited(retry_after),
-        )
+    def _on_rate_limited(self, retry_after: float) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
+        return "on_rate_limited", (retry_after,), lambda: self.local.on_rate_limited(retry_after)
 
-    def _noting(self, change: Callable[[WindowState, float], T]) -> Callable[[WindowState, float], T]:
-        """``change``, noting whether the shared ceiling is full afterwards."""
+    def _answer(self, op: str, args: tuple[Any, ...], answer: tuple[Any, bool]) -> Any:
+        result, self._full = answer
+        if op == "reserve":
+            delay, admitted = result
+            return Reservation(delay, admitted, ("shared", args[0]) if admitted else None)
+        return result
 
-        def noted(state: WindowState, now: float) -> T:
-            result = change(state, now)
-            self._full = self.rules.allowed(state) >= self.ceiling
-            return result
-
-        return noted
-
-    def _run(self, change: Callable[[WindowState, float], T] | None, local: Callable[[], T]) -> T:
-        if change is not None and self.store.available():
+    def _run(self, op: str | None, args: tuple[Any, ...], local: Callable[[], T]) -> T:
+        if op is not None and self.store.available():
             try:
-                with self._thread_lock:
-                    return self.store.transact(self.key, self.period, self._noting(change))
+                return self._answer(op, args, self.store.call(self, op, *args))
             except StoreUnavailable as error:
-                self.store.failed(error.__cause__ or error)
+                if self.store.available():
+                    self.store.failed(error.__cause__ or error)
         return local()
 
-    async def _arun(self, change: Callable[[WindowState, float], T] | None, local: Callable[[], T]) -> T:
-        if change is not None and self.store.available():
-            loop = asyncio.get_running_loop()
-            lock = self._loop_locks.get(loop)
-            if lock is None:
-                lock = self._loop_locks[loop] = asyncio.Lock()
+    async def _arun(self, op: str | None, args: tuple[Any, ...], local: Callable[[], T]) -> T:
+        if op is not None and self.store.available():
             try:
-                async with lock:
-                    return await self.store.atransact(self.key, self.period, self._noting(change))
+                return self._answer(op, args, await self.store.acall(self, op, *args))
             except StoreUnavailable as error:
-                self.store.failed(error.__cause__ or error)
+                if self.store.available():
+                    self.store.failed(error.__cause__ or error)
         return local()
 
     def reserve(self, max_delay: float | None = None) -> Reservation:
@@ -432,7 +540,7 @@ class SharedKeyPacer:
         scale = settings.time_scale
 
         def window(bucket: str, rate: RateLimit) -> SharedWindow:
-            key = f"cerebraform:budget:{name}:{bucket}"
+            key = f"cerebraform:budget:{{{name}}}:{bucket}"
             period = rate.period / scale
             return SharedWindow(self.store, key, rate.limit, period, settings.rate_share)
 

@@ -259,6 +259,6 @@ def test_triggers_on_a_redis_budget_never_block_the_loop(
     assert admin.stats()["rate_limited"].get("poll", 0) == 0
     if redis_state == "up":
         assert warnings == []
-        assert redis.Redis.from_url(redis_server.url).keys("cerebraform:budget:*:poll")
+        assert redis.Redis.from_url(redis_server.url).keys("cerebraform:budget:*:poll:slots")
     else:
         assert len(warnings) == 1

@@ -5,7 +5,9 @@ A real Airflow 3.3 stack on loopback for the provider's end-to-end tests, with t
 metadata database (a PostgreSQL database of its own, see ``postgres.py``; sqlite in the home only when
 no URL is given), and starts ``api-server``, ``scheduler`` (LocalExecutor), ``dag-processor`` and
 ``triggerer`` as separate subprocesses (so the triggerer can be restarted alone), plus the Cerebraform
-emulator. Every Airflow process gets the ``cerebraform_default`` connection through
+emulator. With ``executor="CeleryExecutor"`` it also starts ``airflow celery worker`` processes
+(Redis broker, the metadata database as result backend), and ``triggerers`` may be more than one.
+Every Airflow process gets the ``cerebraform_default`` connection through
 ``AIRFLOW_CONN_CEREBRAFORM_DEFAULT``. Each process writes its own log file under ``<root>/logs``;
 each is stopped by its pid (SIGTERM, wait, SIGKILL), then what is left of its process group and of
 the descendants recorded before the stop (task runners live in process groups of their own).
@@ -265,6 +267,15 @@ class AirflowStack:
     :param startup_timeout: seconds for the whole stack to become ready.
     :param database_url: the metadata database's SQLAlchemy URL (an empty database: the stack migrates
         it); default a sqlite file in the home, which serialises the stack's writers.
+    :param executor: ``LocalExecutor`` or ``CeleryExecutor`` (then ``broker_url`` is required, the
+        result backend is the metadata database, and ``celery_workers`` ``airflow celery worker``
+        processes run beside the scheduler, named ``celery-worker-<n>``, hostnames ``w<n>@%h``).
+    :param broker_url: the Celery broker (a Redis URL).
+    :param celery_workers: how many Celery worker processes.
+    :param celery_concurrency: each worker's ``--concurrency``.
+    :param triggerers: how many triggerer processes (named ``triggerer``, ``triggerer-2``, ...).
+    :param tier: the tier of ``api_key`` at the emulator and in the connection.
+    :param connection_extra: more extra fields of the ``cerebraform_default`` connection.
     """
 
     def __init__(
@@ -279,6 +290,13 @@ class AirflowStack:
         extra_env: Mapping[str, str] | None = None,
         startup_timeout: float = 240.0,
         database_url: str | None = None,
+        executor: str = "LocalExecutor",
+        broker_url: str | None = None,
+        celery_workers: int = 2,
+        celery_concurrency: int = 2,
+        triggerers: int = 1,
+        tier: str = "paid",
+        connection_extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = root
         self.home = root / "home"
@@ -298,6 +316,17 @@ class AirflowStack:
         self.extra_env = dict(extra_env or {})
         self.startup_timeout = startup_timeout
         self.database_url = database_url or f"sqlite:///{self.home / 'airflow.db'}"
+        if executor not in ("LocalExecutor", "CeleryExecutor"):
+            raise ValueError(f"executor must be LocalExecutor or CeleryExecutor, not {executor!r}")
+        if executor == "CeleryExecutor" and not broker_url:
+            raise ValueError("executor CeleryExecutor needs broker_url")
+        self.executor = executor
+        self.broker_url = broker_url
+        self.celery_workers = celery_workers if executor == "CeleryExecutor" else 0
+        self.celery_concurrency = celery_concurrency
+        self.triggerers = triggerers
+        self.tier = tier
+        self.connection_extra = dict(connection_extra or {})
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.emulator: EmulatorProcess | None = None
@@ -340,7 +369,7 @@ class AirflowStack:
                 "--time-scale",
                 str(self.time_scale),
                 "--key",
-                f"{self.api_key}=paid",
+                f"{self.api_key}={self.tier}",
                 "--no-default-key",
                 *self.emulator_args,
             ],
@@ -365,7 +394,10 @@ class AirflowStack:
         self._start("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.api_port)])
         self._start("scheduler", ["scheduler"])
         self._start("dag-processor", ["dag-processor"])
-        self.start_triggerer()
+        for number in range(1, self.triggerers + 1):
+            self.start_triggerer("triggerer" if number == 1 else f"triggerer-{number}")
+        for number in range(1, self.celery_workers + 1):
+            self._start_celery_worker(number)
         remaining = self.startup_timeout - (time.monotonic() - began)
         wait_until(self._healthy, timeout=remaining, what="a healthy stack", interval=0.5, check=self.check)
         # The execution API builds itself on its first request (seconds, blocking the api-server's loop);
@@ -404,13 +436,39 @@ class AirflowStack:
         if self.emulator is not None and not self.emulator.is_running():
             raise AssertionError(f"the emulator exited:\n{self.emulator.log_text()[-4000:]}")
 
-    def start_triggerer(self) -> ManagedProcess:
+    def start_triggerer(self, name: str = "triggerer") -> ManagedProcess:
+        """Start a triggerer as ``processes[name]``, with a log server port of its own."""
         self.triggerer_starts += 1
-        return self._start("triggerer", ["triggerer"], log_name=f"triggerer-{self.triggerer_starts}")
+        return self._start(
+            name,
+            ["triggerer", "--pid", str(self.home / f"{name}.pid")],
+            # The first triggerer's log is numbered by its starts (tests restart it); others by name.
+            log_name=f"triggerer-{self.triggerer_starts}" if name == "triggerer" else name,
+            env={"AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port())},
+        )
 
-    def stop_triggerer(self) -> int | None:
-        """SIGTERM the triggerer by pid and wait for it to exit; return its exit status."""
-        return self.processes.pop("triggerer").stop(timeout=60)
+    def stop_triggerer(self, name: str = "triggerer") -> int | None:
+        """SIGTERM a triggerer by pid and wait for it to exit; return its exit status."""
+        return self.processes.pop(name).stop(timeout=60)
+
+    def _start_celery_worker(self, number: int) -> ManagedProcess:
+        name = f"celery-worker-{number}"
+        return self._start(
+            name,
+            [
+                "celery",
+                "worker",
+                "--celery-hostname",
+                f"w{number}@%h",
+                "--concurrency",
+                str(self.celery_concurrency),
+                "--pid",
+                str(self.home / f"{name}.pid"),
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env={"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port())},
+        )
 
     def _stop_task_runners(self, grace: float = 2.0) -> None:
         """
@@ -470,11 +528,18 @@ class AirflowStack:
         assert done.returncode == 0, f"airflow {' '.join(args)} exited {done.returncode}:\n{output[-4000:]}"
         return output
 
-    def _start(self, name: str, args: Sequence[str], *, log_name: str | None = None) -> ManagedProcess:
+    def _start(
+        self,
+        name: str,
+        args: Sequence[str],
+        *,
+        log_name: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ManagedProcess:
         process = ManagedProcess(
             name,
             [sys.executable, "-m", "airflow", *args],
-            self._env,
+            {**self._env, **(env or {})},
             self.logs / f"{log_name or name}.log",
         )
         self.processes[name] = process.start(self.root)
@@ -496,14 +561,24 @@ class AirflowStack:
             "conn_type": "cerebraform",
             "host": self.emulator.url,
             "password": self.api_key,
-            "extra": {"tier": "paid", "time_scale": self.time_scale},
+            "extra": {"tier": self.tier, "time_scale": self.time_scale, **self.connection_extra},
         }
+        celery: dict[str, str] = {}
+        if self.executor == "CeleryExecutor":
+            assert self.broker_url is not None
+            celery = {
+                "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+                # Celery's database result backend, on the metadata database (SQLAlchemy URL after db+).
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{self.database_url}",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.celery_concurrency),
+                "AIRFLOW__CELERY__SYNC_PARALLELISM": "1",
+            }
         return {
             **self._base_env(),
             "AIRFLOW_HOME": str(self.home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": str(self.parallelism),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
             "AIRFLOW__CORE__AUTH_MANAGER": (
@@ -541,6 +616,7 @@ class AirflowStack:
             "AIRFLOW_CONN_CEREBRAFORM_DEFAULT": json.dumps(connection),
             "AIRFLOW_VAR_CEREBRAFORM_OUTPUT": self.output.as_uri(),
             "CF_REAL_AIRFLOW_SIGNALS": str(self.signals),
+            **celery,
             **self.extra_env,
         }
 

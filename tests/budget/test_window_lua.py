@@ -1,0 +1,145 @@
+"""
+The ``redis`` budget's Lua script (``budget.WINDOW_LUA``) against the rules it copies
+(``pacing.WindowRules``): the same steps at the same times on a real Redis server give the same
+delays, admissions, slot times, pause and adaptive ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import redis
+
+from airflow_provider_cerebraform.budget import RedisStore, SharedWindow
+from airflow_provider_cerebraform.pacing import WindowState
+
+if TYPE_CHECKING:
+    from airflow_provider_cerebraform.budget.redis_server import RedisServer
+
+LIMIT, PERIOD = 3, 10.0
+# (time, operation, arguments): a queue forms, answers arrive late, a 429 halves the ceiling and
+# pauses the window, successes win the ceiling back, a wait too long is refused, slots expire.
+STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
+    (0.0, "reserve", ("a", None)),
+    (0.0, "reserve", ("b", None)),
+    (0.0, "reserve", ("c", None)),
+    (0.0, "reserve", ("d", None)),
+    (0.0, "reserve", ("e", None)),
+    (0.0, "reserve", ("x", 5.0)),
+    (0.5, "settle", ("a",)),
+    (0.6, "settle", ("b",)),
+    (0.7, "settle", ("c",)),
+    (10.1, "confirm", ("d",)),
+    (10.6, "confirm", ("d",)),
+    (10.7, "settle", ("d",)),
+    (11.0, "on_rate_limited", (5.0,)),
+    (11.2, "on_rate_limited", (2.0,)),
+    (11.5, "reserve", ("f", None)),
+    (12.0, "confirm", ("e",)),
+    (12.5, "on_success", ()),
+    (12.6, "on_success", ()),
+    (12.7, "reserve", ("g", 1.0)),
+    (13.0, "cancel", ("f",)),
+    (13.1, "reserve", ("h", None)),
+    (30.0, "on_rate_limited", (1.0,)),
+    (30.5, "on_success", ()),
+    (31.5, "reserve", ("i", None)),
+    (60.0, "reserve", ("j", None)),
+]
+
+
+@pytest.fixture
+def window(redis_server: RedisServer) -> SharedWindow:
+    return SharedWindow(
+        RedisStore(redis_server.url), "cerebraform:budget:{lua-test}:create", LIMIT, PERIOD, 1.0
+    )
+
+
+def _python_step(window: SharedWindow, state: WindowState, now: float, op: str, args: tuple[Any, ...]) -> Any:
+    rules = window.rules
+    if op == "reserve":
+        delay, admitted = rules.reserve(state, now, args[0], args[1])
+        # The Python rules drop expired slots only when reserving; the script on every step.
+        return round(delay, 6), admitted
+    if op == "confirm":
+        return round(rules.confirm(state, now, args[0]), 6)
+    if op == "settle":
+        rules.settle(state, now, args[0])
+    elif op == "cancel":
+        rules.cancel(state, args[0])
+    elif op == "on_success":
+        rules.on_success(state)
+    else:
+        rules.on_rate_limited(state, now, args[0])
+    return None
+
+
+def _lua_step(window: SharedWindow, now: float, op: str, args: tuple[Any, ...]) -> Any:
+    store = window.store
+    assert isinstance(store, RedisStore)
+    answer = store._script(keys=store.keys(window), args=store.script_args(window, op, args, now=now))
+    result, _full = store.parse(op, answer)
+    if op == "reserve":
+        return round(result[0], 6), result[1]
+    if op == "confirm":
+        return round(result, 6)
+    return result
+
+
+def test_the_script_follows_the_window_rules_step_by_step(
+    window: SharedWindow, redis_server: RedisServer
+) -> None:
+    state = WindowState()
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    slots_key, state_key = RedisStore.keys(window)
+    for now, op, args in STEPS:
+        expected = _python_step(window, state, now, op, args)
+        assert _lua_step(window, now, op, args) == expected, (now, op, args)
+        live = [slot for slot in state.slots if slot[1] > now - PERIOD]
+        stored = client.zrange(slots_key, 0, -1, withscores=True)
+        assert sorted((round(at, 6), slot_id) for slot_id, at in live) == sorted(
+            (round(at, 6), slot_id) for slot_id, at in stored
+        ), (now, op, args)
+        meta = client.hgetall(state_key)
+        assert float(meta.get("paused", 0)) == pytest.approx(state.paused_until), (now, op)
+        allowed = window.rules.allowed(state)
+        assert float(meta.get("allowed", window.ceiling)) == pytest.approx(allowed), (now, op)
+    # Nothing is kept longer than it matters: the keys expire a window after their last slot.
+    assert 0 < client.pttl(slots_key) <= (PERIOD + 1) * 1000 + 40_000
+
+
+def test_one_reservation_is_one_round_trip(window: SharedWindow, redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+
+    def sent() -> int:
+        # Commands the clients sent (the script's own redis.call()s are counted in their own names).
+        stats = client.info("commandstats")
+        return sum(
+            int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval", "script")
+        )
+
+    before = sent()
+    reservations = [window.reserve() for _ in range(5)]
+    # One EVALSHA each; the first may also be refused (NOSCRIPT) and the script loaded once.
+    assert sent() - before <= 5 + 2
+    assert [r.admitted for r in reservations] == [True] * 5
+    delays = [r.delay for r in reservations]
+    # 3 at once, then spaced: a window later, then a third of a window after that.
+    assert delays[:3] == pytest.approx([0, 0, 0], abs=0.05)
+    assert delays[3] == pytest.approx(PERIOD + window.rules.margin, abs=0.05)
+    assert delays[4] == pytest.approx(delays[3] + PERIOD / LIMIT, abs=0.05)
+
+
+async def test_a_thousand_waits_on_one_loop_stay_on_the_shared_budget(
+    window: SharedWindow, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A triggerer's loop with a thousand waits: the steps take turns on one connection, so the
+    # budget never runs out of them (it did with a connection per call, and fell back to pacing alone).
+    reservations = await asyncio.gather(*(window.areserve() for _ in range(1000)))
+    assert [r.slot[0] for r in reservations] == ["shared"] * 1000
+    assert not [r for r in caplog.records if r.name == "airflow_provider_cerebraform.budget"]
+    delays = sorted(r.delay for r in reservations)
+    # All of them queued in one window, a third of the period apart once the first 3 are taken.
+    assert delays[-1] == pytest.approx(PERIOD + window.rules.margin + (1000 - 4) * PERIOD / LIMIT, rel=0.01)
