@@ -238,9 +238,10 @@ class AirflowHome:
         one when ``None``)."""
         path = self.dag_path(dag_file)
         # Airflow's own loader: it finds DAGs made in a ``with DAG(...)`` block without a name too.
-        from airflow.dag_processing.dagbag import DagBag
+        from airflow_provider_cerebraform.version_compat import dag_bag
 
-        bag = DagBag(dag_folder=str(path), safe_mode=False)
+        keep_in_process_api_alive()
+        bag = dag_bag(dag_folder=str(path), safe_mode=False)
         if bag.import_errors:
             raise ImportError(f"{dag_file} did not import:\n" + "\n".join(bag.import_errors.values()))
         dags = bag.dags
@@ -283,6 +284,42 @@ class AirflowHome:
         raise FileNotFoundError(
             f"no such DAG file or folder: {path} (looked in {self.rootdir} and {Path.cwd()})"
         )
+
+
+def keep_in_process_api_alive() -> None:
+    """
+    Make ``dag.test()``'s in-process execution API live as long as the HTTP transport its client uses,
+    as Airflow 3.3 does. Before 3.3 the app's lifespan is held by the ``InProcessExecutionAPI`` object,
+    which nothing references once the task's client is built: when it is garbage collected, the lifespan
+    closes and removes the app's service registry, and the task's next request fails with "'State' object
+    has no attribute 'svcs_registry'" (every task on 3.2.2). Each API also starts its lifespan without
+    waiting for it; this waits. Only the test harness changes: a real api-server keeps its app.
+    """
+    from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_3_PLUS
+
+    global _API_KEPT_ALIVE
+    if AIRFLOW_V_3_3_PLUS or _API_KEPT_ALIVE:
+        return
+    from airflow.sdk.execution_time import supervisor
+
+    unkept = supervisor.in_process_api_server
+
+    def in_process_api_server() -> Any:
+        api = unkept()
+        transport = api.transport  # starts the app's lifespan on the transport's event loop
+        transport.cerebraform_in_process_api = api
+        deadline = time.monotonic() + 60
+        while not hasattr(api.app.state, "svcs_registry"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the in-process execution API did not start within 60 s")
+            time.sleep(0.002)
+        return api
+
+    supervisor.in_process_api_server = in_process_api_server
+    _API_KEPT_ALIVE = True
+
+
+_API_KEPT_ALIVE = False
 
 
 def collect_outcome(dag_id: str, run_id: str, state: str, seconds: float) -> DagOutcome:

@@ -71,7 +71,7 @@ with DAG("bad_prompt", schedule=None, start_date=datetime(2026, 1, 1)):
 
 
 def test_a_parse_time_error_names_the_task_and_the_dag_file_line(tmp_path) -> None:
-    from airflow.dag_processing.dagbag import DagBag
+    from airflow_provider_cerebraform.version_compat import dag_bag
 
     dag_file = tmp_path / "bad_dag.py"
     dag_file.write_text(BAD_DAG)
@@ -82,7 +82,7 @@ def test_a_parse_time_error_names_the_task_and_the_dag_file_line(tmp_path) -> No
         + 1
     )
 
-    bag = DagBag(dag_folder=str(dag_file))
+    bag = dag_bag(dag_folder=str(dag_file))
 
     (error,) = bag.import_errors.values()
     last = error.strip().splitlines()[-1]
