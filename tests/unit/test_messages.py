@@ -38,7 +38,9 @@ def test_reading_the_connection_registers_no_extra_field_as_a_secret(
     """``tier: "paid"`` was registered for masking, and Airflow warned in every task log that it was too
     short to mask."""
     from airflow.sdk import Connection
-    from airflow.sdk._shared.secrets_masker.secrets_masker import SecretsMasker
+
+    # The one path to the SDK's masker on every line (3.1+ re-export it from airflow.sdk._shared).
+    from airflow.sdk.execution_time.secrets_masker import SecretsMasker
 
     from airflow_provider_cerebraform.hooks.cerebraform import settings_from_connection
 
