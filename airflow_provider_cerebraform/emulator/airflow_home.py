@@ -240,7 +240,7 @@ class AirflowHome:
         # Airflow's own loader: it finds DAGs made in a ``with DAG(...)`` block without a name too.
         from airflow_provider_cerebraform.version_compat import dag_bag
 
-        keep_in_process_api_alive()
+        make_dag_test_like_a_worker()
         bag = dag_bag(dag_folder=str(path), safe_mode=False)
         if bag.import_errors:
             raise ImportError(f"{dag_file} did not import:\n" + "\n".join(bag.import_errors.values()))
@@ -286,21 +286,25 @@ class AirflowHome:
         )
 
 
-def keep_in_process_api_alive() -> None:
+def make_dag_test_like_a_worker() -> None:
     """
-    Make ``dag.test()``'s in-process execution API live as long as the HTTP transport its client uses,
-    as Airflow 3.3 does. Before 3.3 the app's lifespan is held by the ``InProcessExecutionAPI`` object,
-    which nothing references once the task's client is built: when it is garbage collected, the lifespan
-    closes and removes the app's service registry, and the task's next request fails with "'State' object
-    has no attribute 'svcs_registry'" (every task on 3.2.2). Each API also starts its lifespan without
-    waiting for it; this waits. Only the test harness changes: a real api-server keeps its app.
+    Before Airflow 3.3, ``dag.test()`` differs from a worker in two ways that break tests of a task's
+    failures; fix both in this process (only the test harness changes, a real worker already does this):
+
+    - Its in-process execution API lives in an ``InProcessExecutionAPI`` object that nothing references
+      once the task's client is built: when that is garbage collected, the app's lifespan closes and
+      removes its service registry, and the task's next request fails with "'State' object has no
+      attribute 'svcs_registry'" (every task on 3.2.2). Keep it alive as long as the client's transport,
+      and wait for its startup, as 3.3 does.
+    - It runs ``on_failure_callback`` / ``on_retry_callback`` without the task's exception in
+      ``context["exception"]`` (None on 3.0 to 3.2); a worker sets it, and so does 3.3's ``dag.test()``.
     """
     from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_3_PLUS
 
-    global _API_KEPT_ALIVE
-    if AIRFLOW_V_3_3_PLUS or _API_KEPT_ALIVE:
+    global _DAG_TEST_PATCHED
+    if AIRFLOW_V_3_3_PLUS or _DAG_TEST_PATCHED:
         return
-    from airflow.sdk.execution_time import supervisor
+    from airflow.sdk.execution_time import supervisor, task_runner
 
     unkept = supervisor.in_process_api_server
 
@@ -315,11 +319,20 @@ def keep_in_process_api_alive() -> None:
             time.sleep(0.002)
         return api
 
+    finalize = task_runner.finalize
+
+    def finalize_with_the_exception(ti: Any, state: Any, context: Any, log: Any, error: Any = None) -> Any:
+        if error is not None and context.get("exception") is None:
+            context["exception"] = error
+        return finalize(ti, state, context, log, error)
+
+    # dag.test()'s supervisor imports both by name when it runs a task, so these are the ones it uses.
     supervisor.in_process_api_server = in_process_api_server
-    _API_KEPT_ALIVE = True
+    task_runner.finalize = finalize_with_the_exception
+    _DAG_TEST_PATCHED = True
 
 
-_API_KEPT_ALIVE = False
+_DAG_TEST_PATCHED = False
 
 
 def collect_outcome(dag_id: str, run_id: str, state: str, seconds: float) -> DagOutcome:
