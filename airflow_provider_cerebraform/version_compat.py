@@ -58,6 +58,16 @@ else:
     )
 
 
+def dag_bag(**kwargs: Any) -> Any:
+    """Airflow's ``DagBag(**kwargs)``: ``airflow.dag_processing.dagbag`` from 3.2, ``airflow.models.dagbag``
+    before (imported on call: it loads most of Airflow core)."""
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.dag_processing.dagbag import DagBag
+    else:
+        from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+    return DagBag(**kwargs)
+
+
 def mask_secret(secret: str) -> None:
     """Mask ``secret`` in the task's logs (and its supervisor's)."""
     from airflow.sdk.log import mask_secret as _mask_secret
@@ -131,6 +141,7 @@ __all__ = [
     "BaseHook",
     "TaskDeferred",
     "amask_secret",
+    "dag_bag",
     "field_behaviour_from_provider_info",
     "form_widgets_from_conn_fields",
     "mask_secret",

@@ -66,23 +66,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=_long_first)
     from packaging.version import Version
 
-    from airflow_provider_cerebraform.version_compat import (
-        AIRFLOW_V_3_2_PLUS,
-        AIRFLOW_V_3_3_PLUS,
-        AIRFLOW_VERSION,
-    )
+    from airflow_provider_cerebraform.version_compat import AIRFLOW_VERSION
 
-    broken_dag_test = AIRFLOW_V_3_2_PLUS and not AIRFLOW_V_3_3_PLUS
     for item in items:
-        if broken_dag_test and "airflow_db" in getattr(item, "fixturenames", ()):
-            # Every task that Airflow 3.2.2's dag.test() starts fails in its in-process execution API
-            # ("'State' object has no attribute 'svcs_registry'": the app's lifespan is started without
-            # being waited for; 3.3 waits). Not the provider's code; the real api-server is not affected.
-            item.add_marker(
-                pytest.mark.skip(
-                    reason="Airflow 3.2.2: dag.test()'s in-process execution API fails every task"
-                )
-            )
         marker = item.get_closest_marker("airflow_min")
         if marker is not None and Version(marker.args[0]) > AIRFLOW_VERSION:
             reason = marker.kwargs.get("reason", "")

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from airflow_compat import dag_bag
 from conftest import REPO, load_dag
+
+from airflow_provider_cerebraform.version_compat import dag_bag
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -238,9 +238,10 @@ class AirflowHome:
         one when ``None``)."""
         path = self.dag_path(dag_file)
         # Airflow's own loader: it finds DAGs made in a ``with DAG(...)`` block without a name too.
-        from airflow.dag_processing.dagbag import DagBag
+        from airflow_provider_cerebraform.version_compat import dag_bag
 
-        bag = DagBag(dag_folder=str(path), safe_mode=False)
+        make_dag_test_like_a_worker()
+        bag = dag_bag(dag_folder=str(path), safe_mode=False)
         if bag.import_errors:
             raise ImportError(f"{dag_file} did not import:\n" + "\n".join(bag.import_errors.values()))
         dags = bag.dags
@@ -283,6 +284,55 @@ class AirflowHome:
         raise FileNotFoundError(
             f"no such DAG file or folder: {path} (looked in {self.rootdir} and {Path.cwd()})"
         )
+
+
+def make_dag_test_like_a_worker() -> None:
+    """
+    Before Airflow 3.3, ``dag.test()`` differs from a worker in two ways that break tests of a task's
+    failures; fix both in this process (only the test harness changes, a real worker already does this):
+
+    - Its in-process execution API lives in an ``InProcessExecutionAPI`` object that nothing references
+      once the task's client is built: when that is garbage collected, the app's lifespan closes and
+      removes its service registry, and the task's next request fails with "'State' object has no
+      attribute 'svcs_registry'" (every task on 3.2.2). Keep it alive as long as the client's transport,
+      and wait for its startup, as 3.3 does.
+    - It runs ``on_failure_callback`` / ``on_retry_callback`` without the task's exception in
+      ``context["exception"]`` (None on 3.0 to 3.2); a worker sets it, and so does 3.3's ``dag.test()``.
+    """
+    from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_3_PLUS
+
+    global _DAG_TEST_PATCHED
+    if AIRFLOW_V_3_3_PLUS or _DAG_TEST_PATCHED:
+        return
+    from airflow.sdk.execution_time import supervisor, task_runner
+
+    unkept = supervisor.in_process_api_server
+
+    def in_process_api_server() -> Any:
+        api = unkept()
+        transport = api.transport  # starts the app's lifespan on the transport's event loop
+        transport.cerebraform_in_process_api = api
+        deadline = time.monotonic() + 60
+        while not hasattr(api.app.state, "svcs_registry"):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the in-process execution API did not start within 60 s")
+            time.sleep(0.002)
+        return api
+
+    finalize = task_runner.finalize
+
+    def finalize_with_the_exception(ti: Any, state: Any, context: Any, log: Any, error: Any = None) -> Any:
+        if error is not None and context.get("exception") is None:
+            context["exception"] = error
+        return finalize(ti, state, context, log, error)
+
+    # dag.test()'s supervisor imports both by name when it runs a task, so these are the ones it uses.
+    supervisor.in_process_api_server = in_process_api_server
+    task_runner.finalize = finalize_with_the_exception
+    _DAG_TEST_PATCHED = True
+
+
+_DAG_TEST_PATCHED = False
 
 
 def collect_outcome(dag_id: str, run_id: str, state: str, seconds: float) -> DagOutcome:

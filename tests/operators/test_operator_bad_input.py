@@ -10,7 +10,6 @@ import textwrap
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from airflow_compat import dag_bag
 from cerebraform_dagtest import run_dag
 
 from airflow_provider_cerebraform.exceptions import CerebraformValidationError
@@ -20,6 +19,7 @@ from airflow_provider_cerebraform.operators.cerebraform import (
     CerebraformSubmitOperator,
 )
 from airflow_provider_cerebraform.sensors.cerebraform import CerebraformTaskSensor
+from airflow_provider_cerebraform.version_compat import dag_bag
 
 if TYPE_CHECKING:
     from pathlib import Path
