@@ -41,14 +41,19 @@ def load_dag(relative_path: str, dag_id: str) -> DAG:
     return _HOME.load_dag(relative_path, dag_id)
 
 
-#: Test files that each take a minute or more (``--durations=30`` of a CI run): they start a real Airflow
-#: stack, a run of the benchmarks, or worker processes. scripts/test hands whole files to pytest-xdist's
-#: workers in collection order, so these go first, or one of them would end the run with the other idle.
+#: Test files that each take a minute or more, longest first (``--durations=30`` of a CI run): they start a
+#: real Airflow stack, a run of the benchmarks, or worker processes. scripts/test hands whole files to
+#: pytest-xdist's two workers in collection order (``--no-loadscope-reorder``; each worker is given two
+#: files to begin with), so these go first, or one of them would end the run with the other worker idle.
 LONG_FILES = (
-    "tests/real_airflow/",
+    "tests/real_airflow/test_celery.py",
+    "tests/real_airflow/test_real_airflow.py",
     "tests/test_benchmarks_smoke.py",
+    "tests/operators/test_operator_lineage.py",
     "tests/test_metrics.py",
     "tests/emulator/test_pytest_plugin.py",
+    "tests/budget/test_shared_budget.py",
+    "tests/batch/test_batch_faults.py",
     "tests/faults/test_killed_worker.py",
 )
 

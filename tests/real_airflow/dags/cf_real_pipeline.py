@@ -68,8 +68,8 @@ class HeldSubmitOperator(CerebraformSubmitOperator):
     ``<run_id>.release`` in ``$CF_REAL_AIRFLOW_SIGNALS``: the window in which a test kills the worker.
     """
 
-    def _submit(self, context: Context) -> tuple[str, Any]:
-        request_id, reconnected = super()._submit(context)
+    def _submit(self, context: Context, *args: Any, **kwargs: Any) -> tuple[str, Any]:
+        request_id, reconnected = super()._submit(context, *args, **kwargs)
         if context["ti"].try_number == 1:
             signals = Path(os.environ["CF_REAL_AIRFLOW_SIGNALS"])
             run_id = context["run_id"]
