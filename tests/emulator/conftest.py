@@ -112,14 +112,18 @@ class ManualClock:
     """A monotonic clock that moves only when told: rate windows that do not slide while a busy machine
     is slow to send a burst of requests."""
 
+    # Whole microseconds from a whole-second start: ten advances of 0.1 s must land exactly on 1.0 s, or a
+    # test stepping to a window's edge would be a float rounding away from it, one way or the other
+    # depending on where time.monotonic() happened to start.
     def __init__(self) -> None:
-        self.now = time.monotonic()
+        self._start = float(int(time.monotonic()))
+        self._micros = 0
 
     def __call__(self) -> float:
-        return self.now
+        return self._start + self._micros / 1_000_000
 
     def advance(self, seconds: float) -> None:
-        self.now += seconds
+        self._micros += round(seconds * 1_000_000)
 
 
 @pytest.fixture
