@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                     stdout=subprocess.DEVNULL if os.environ.get("FLAKY_QUIET") else None,
                 )
                 wall = time.monotonic() - began
+                # The machine's own load over the run, neighbours included, not just our busy processes.
+                load_avg = os.getloadavg()[1]
                 outcomes = _outcomes(report, reasons) if report.exists() else {}
                 seen.update(outcomes)
                 bad = [test for test, state in outcomes.items() if state in ("failed", "error")]
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                 counts = Counter(outcomes.values())
                 lines.append(
                     f"run {run}: exit {done.returncode}, {counts['passed']} passed, "
-                    f"{counts['failed']} failed, {counts['error']} errors in {wall:.1f} s (load {args.load})"
+                    f"{counts['failed']} failed, {counts['error']} errors in {wall:.1f} s "
+                    f"(busy processes {args.load}, load average {load_avg:.1f} over the last 5 min)"
                 )
                 if not outcomes:
                     failures["<no report: pytest could not run>"].append(run)
