@@ -9,7 +9,8 @@ and triggerer as separate processes on a PostgreSQL metadata database, with the 
 - A worker killed (SIGKILL) right after a submission: the retry reconnects to the same request
   through the task state store, and the emulator counts one submission.
 - ``airflow backfill create`` of ``example_cerebraform_backfill`` over three days: each prompt is
-  submitted once, inside the pool; a second backfill re-running the completed days pays for nothing.
+  submitted once by one batch task per day; a second backfill re-running the completed days pays for
+  nothing.
 - In Chromium (Playwright driving the system browser, ``browser.py``): the connection form shows the
   provider's fields with help text and keeps timeout and share within the schema's bounds; the Test
   button fails for a connection with no port (an Airflow 3.3 limit) and works with port 0; a finished
@@ -291,7 +292,6 @@ def test_worker_killed_after_submit_retry_reconnects(stack: AirflowStack, emulat
 # ------------------------------------------------------------------------------------ backfill
 
 BACKFILL_DAYS = ("2025-06-05", "2025-06-06", "2025-06-07")
-BACKFILL_POOL = "cerebraform_create"
 
 
 def _daily_prompts(day: str) -> list[dict[str, Any]]:
@@ -323,17 +323,14 @@ def _backfill_runs(stack: AirflowStack, dag_id: str) -> dict[str, dict[str, Any]
 
 
 def _wait_backfill(
-    stack: AirflowStack, dag_id: str, *, after: dict[str, str], pool: dict[str, int], timeout: float
+    stack: AirflowStack, dag_id: str, *, after: dict[str, str], timeout: float
 ) -> dict[str, dict[str, Any]]:
     """
     Wait until a run of every backfill day has ended after ``after`` (day -> the end_date of its
-    previous run, "" for none), recording the most pool slots seen in use into ``pool``.
+    previous run, "" for none).
     """
 
     def ended() -> dict[str, dict[str, Any]] | None:
-        stats = stack.api("GET", f"/pools/{BACKFILL_POOL}")
-        for name in ("occupied_slots", "running_slots", "deferred_slots"):
-            pool[name] = max(pool.get(name, 0), int(stats[name]))
         runs = _backfill_runs(stack, dag_id)
         done = {
             day: run
@@ -357,8 +354,6 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
     """
     dag_id = "example_cerebraform_backfill"
     began = time.monotonic()
-    # One slot: the pool is the only thing holding the generate tasks (parallelism is 2) to one at a time.
-    stack.airflow_cli("pools", "set", BACKFILL_POOL, "1", "Cerebraform task creation")
     _ready(stack, dag_id, "example_cerebraform_backfill.py")
     emulator.configure(image_seconds=_real_seconds(6))
     expected = {day: _daily_prompts(day) for day in BACKFILL_DAYS}
@@ -366,10 +361,8 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
 
     stack.triggered_runs.append((dag_id, "backfill"))
     stack.airflow_cli("backfill", "create", *range_args, "--max-active-runs", "2")
-    pool: dict[str, int] = {}
-    # 5 tasks, each a worker process of its own, one at a time through the pool: 98 s were seen at a
-    # load average of 8 on 2 cores (the first backfill timed out once at 120 s under a load of 20).
-    runs = _wait_backfill(stack, dag_id, after={}, pool=pool, timeout=360)
+    # 3 batch tasks (one per day, two runs at a time), each a worker process of its own.
+    runs = _wait_backfill(stack, dag_id, after={}, timeout=360)
     first_seconds = time.monotonic() - began
 
     assert {day: run["state"] for day, run in runs.items()} == dict.fromkeys(BACKFILL_DAYS, "success"), runs
@@ -421,7 +414,7 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
     again_began = time.monotonic()
     stack.airflow_cli("backfill", "create", *range_args, "--reprocess-behavior", "completed")
     ended = {day: run["end_date"] for day, run in runs.items()}
-    rerun = _wait_backfill(stack, dag_id, after=ended, pool=pool, timeout=240)
+    rerun = _wait_backfill(stack, dag_id, after=ended, timeout=240)
     again_seconds = time.monotonic() - again_began
     second = stack.api("GET", "/backfills", params={"dag_id": dag_id})["backfills"]
     assert [b["reprocess_behavior"] for b in second] == ["none", "completed"], second
@@ -437,7 +430,7 @@ def test_example_backfill_generates_each_partition_once(stack: AirflowStack, emu
     assert _media_snapshot(backfill) == files, "a re-run changed or added media"
     print(
         f"\n[real-airflow] backfill of {len(BACKFILL_DAYS)} days, {len(request_ids)} prompts: "
-        f"{first_seconds:.1f} s (pool seen {pool}); marked complete after {completed_wait:.1f} s more; "
+        f"{first_seconds:.1f} s; marked complete after {completed_wait:.1f} s more; "
         f"reprocess {again_seconds:.1f} s; "
         f"submissions by day {per_day}"
     )
