@@ -75,7 +75,7 @@ def _files(output: Path) -> dict[str, tuple[int, int, str]]:
     }
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # two `airflow dags test` processes; minutes at a load of 15 and more
 def test_airflow_dags_test_of_a_users_batch_dag_stores_every_prompt_and_a_rerun_submits_nothing(
     batch_emulator: BatchEmulator, airflow_db: Path, tmp_path: Path
 ) -> None:
