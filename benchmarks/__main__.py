@@ -1,5 +1,6 @@
 """
-``python -m benchmarks run [--smoke] [--only 1,3] [--output FILE] [--json FILE] [--keep]``
+``python -m benchmarks run [--smoke] [--only 1,3] [--set FIELD=VALUE ...] [--output FILE] [--json FILE]
+[--keep]``
 
 Runs the benchmarks against the emulator on loopback and writes one markdown report: the full size
 to ``docs/benchmarks.md`` by default, the smoke size to stdout unless ``--output`` is given.
@@ -34,7 +35,10 @@ NAMES = {
     5: "imports",
     6: "shared_budget",
     7: "batch",
+    8: "real_stack",
 }
+#: Left out of ``--smoke`` unless named with ``--only``: it starts a whole Airflow (minutes).
+HEAVY = {8}
 
 
 def _command() -> str:
@@ -92,12 +96,45 @@ def render(
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _override(profile: Any, assignments: list[str], parser: argparse.ArgumentParser) -> Any:
+    """The profile with ``FIELD=VALUE`` overrides, each parsed as the type of the field's current value."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    fields = {field.name for field in dataclasses.fields(profile)}
+    for assignment in assignments:
+        name, _, text = assignment.partition("=")
+        name = name.strip()
+        if name not in fields or name == "name" or not text:
+            parser.error(f"--set {assignment!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(profile, name)
+        try:
+            if isinstance(current, tuple) and all(isinstance(v, (int, float)) for v in current):
+                kind = type(current[0]) if current else int
+                changes[name] = tuple(kind(part) for part in text.split(",") if part.strip())
+            elif isinstance(current, (bool, int, float, str)):
+                changes[name] = type(current)(text)
+            else:
+                parser.error(f"--set {assignment!r}: {name} cannot be set from the command line")
+        except ValueError:
+            parser.error(f"--set {assignment!r}: not a valid {type(current).__name__}")
+    return dataclasses.replace(profile, **changes) if changes else profile
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     sub = parser.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="run the benchmarks and write the report")
     run.add_argument("--smoke", action="store_true", help="tiny sizes: shows the benchmarks still run")
-    run.add_argument("--only", default="", help="comma-separated benchmark numbers (1-7)")
+    run.add_argument("--only", default="", help="comma-separated benchmark numbers (1-8)")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the profile (benchmarks/profiles.py), e.g. batch_sizes=1000 or "
+        "batch_time_scale=36; a tuple of numbers is comma-separated",
+    )
     run.add_argument("--output", type=Path, help=f"report file (full size default: {DEFAULT_OUTPUT})")
     run.add_argument("--json", type=Path, help="also write the plain figures as JSON")
     run.add_argument("--keep", action="store_true", help="keep the work directory with every log")
@@ -105,8 +142,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.profiles import PROFILES
 
-    profile = PROFILES["smoke" if args.smoke else "full"]
-    numbers = [int(n) for n in args.only.split(",") if n.strip()] or sorted(NAMES)
+    profile = _override(PROFILES["smoke" if args.smoke else "full"], args.set, parser)
+    numbers = [int(n) for n in args.only.split(",") if n.strip()] or [
+        n for n in sorted(NAMES) if not (args.smoke and n in HEAVY)
+    ]
     output = args.output or (None if args.smoke else DEFAULT_OUTPUT)
     # Benchmarks must not see a developer's Airflow home or connections.
     work = Path(tempfile.mkdtemp(prefix="cerebraform-bench-"))

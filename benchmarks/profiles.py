@@ -48,6 +48,12 @@ class Profile:
     batch_sizes: tuple[int, ...] = (1000, 10000)
     batch_time_scale: float = 360.0
     batch_rate_share: float = 1.0
+    # 8. the real stack (opt-in for --smoke): batch and mapped sizes, time scale, executor slots, timeout
+    stack_batch_prompts: int = 2000
+    stack_mapped_prompts: int = 1000
+    stack_time_scale: float = 360.0
+    stack_parallelism: int = 4
+    stack_run_timeout: float = 3600.0
 
 
 FULL = Profile(
@@ -99,6 +105,9 @@ SMOKE = Profile(
     batch_sizes=(30,),
     batch_time_scale=3600.0,
     batch_rate_share=0.05,
+    stack_batch_prompts=20,
+    stack_mapped_prompts=4,
+    stack_run_timeout=600.0,
 )
 
 PROFILES = {"full": FULL, "smoke": SMOKE}

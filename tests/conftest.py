@@ -54,6 +54,7 @@ LONG_FILES = (
     "tests/emulator/test_pytest_plugin.py",
     "tests/budget/test_shared_budget.py",
     "tests/batch/test_batch_faults.py",
+    "tests/batch/test_batch_cli.py",
     "tests/faults/test_killed_worker.py",
 )
 
