@@ -157,6 +157,7 @@ def test_the_providers_page_links_to_the_documentation_url_of_pyproject():
     info = ProvidersManager().providers["airflow-provider-cerebraform"].data
     # Airflow 3.2 keeps the space after the comma of the metadata's "Documentation, <url>"; the page's
     # link still works (URL parsing drops leading spaces), so compare the URL itself.
-    assert info["documentation-url"].strip() == urls["Documentation"]
-    assert "airflow.apache.org" not in info["documentation-url"]
-    assert info["documentation-url"].startswith("https://")
+    url = info["documentation-url"].strip()
+    assert url == urls["Documentation"]
+    assert "airflow.apache.org" not in url
+    assert url.startswith("https://")
