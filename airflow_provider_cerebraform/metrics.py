@@ -36,24 +36,9 @@ def _backend() -> Any:
     """
     global _stats
     if _stats is None:
-        try:
-            from airflow.sdk.observability import stats
-        except ImportError:  # before the SDK had its own stats module
-            from airflow.stats import Stats as stats  # type: ignore[no-redef]
-        try:
-            from airflow.sdk._shared.observability.metrics import stats as shared
+        from airflow_provider_cerebraform.version_compat import stats_backend
 
-            if shared._factory is None:
-                from airflow.sdk.configuration import conf
-                from airflow.sdk.observability.metrics import stats_utils
-
-                shared.initialize(
-                    factory=stats_utils.get_stats_factory(),
-                    export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=False),
-                )
-        except Exception:  # a layout this version does not have: keep whatever Airflow set up
-            log.debug("Could not configure Airflow's metrics backend", exc_info=True)
-        _stats = stats
+        _stats = stats_backend()
     return _stats
 
 

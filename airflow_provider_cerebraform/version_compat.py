@@ -127,6 +127,40 @@ def field_behaviour_from_provider_info(behaviour: Mapping[str, Any]) -> dict[str
     return {key.replace("-", "_"): value for key, value in behaviour.items()}
 
 
+def stats_backend() -> Any:
+    """
+    Airflow's metrics object (``incr``, ``timing``, ``gauge``), configured from ``[metrics]`` when this
+    process has not done it yet: a task's process configures it, ``dag.test()`` and the triggerer's
+    trigger process may not, and then metrics would silently go nowhere.
+
+    3.3 has a module (``airflow.sdk.observability.stats``) set up by ``initialize``; 3.2 the Task SDK's
+    ``Stats`` class, set up by ``Stats.initialize``; 3.0 and 3.1 Airflow core's ``Stats``, which
+    configures itself from ``[metrics]`` on first use.
+    """
+    if AIRFLOW_V_3_3_PLUS:
+        from airflow.sdk._shared.observability.metrics import stats as shared
+        from airflow.sdk.configuration import conf
+        from airflow.sdk.observability import stats
+        from airflow.sdk.observability.metrics import stats_utils
+
+        if shared._factory is None:
+            shared.initialize(
+                factory=stats_utils.get_stats_factory(),
+                export_legacy_names=conf.getboolean("metrics", "legacy_names_on", fallback=False),
+            )
+        return stats
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.sdk.observability.metrics import stats_utils
+        from airflow.sdk.observability.stats import Stats
+
+        if Stats.factory is None:
+            Stats.initialize(factory=stats_utils.get_stats_factory(Stats))
+        return Stats
+    from airflow.stats import Stats
+
+    return Stats
+
+
 __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_1_PLUS",
@@ -145,5 +179,6 @@ __all__ = [
     "field_behaviour_from_provider_info",
     "form_widgets_from_conn_fields",
     "mask_secret",
+    "stats_backend",
     "task_state_store",
 ]

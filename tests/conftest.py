@@ -103,3 +103,17 @@ def _fresh_pacers() -> Iterator[None]:
     reset_pacers()
     yield
     reset_pacers()
+
+
+def output_entries(folder: Path) -> list[Path]:
+    """
+    What a user sees in an output folder, sorted: the media and manifests, without the hidden folder
+    where the submit operators keep their retry record on Airflow before 3.3
+    (``state_storage.STATE_FOLDER``, docs/installing.md). On 3.3 that folder must not be there at all.
+    """
+    from airflow_provider_cerebraform.state_storage import STATE_FOLDER
+    from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_3_PLUS
+
+    if AIRFLOW_V_3_3_PLUS:
+        assert not (folder / STATE_FOLDER).exists(), "3.3 keeps the retry record in the task state store"
+    return sorted(path for path in folder.iterdir() if path.name != STATE_FOLDER)

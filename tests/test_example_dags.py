@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import REPO, load_dag
+from conftest import REPO, load_dag, output_entries
 
 from airflow_provider_cerebraform.version_compat import dag_bag
 
@@ -160,7 +160,7 @@ def test_scheduled_example_makes_an_image_then_a_video_from_it_on_a_manual_run(
     # The video was animated from the image: its image_url is the image's result URL.
     assert tasks["video"]["image_url"] == image_entries[0]["source_url"]
     assert (tasks["video"]["duration"], tasks["video"]["aspect_ratio"]) == (5, "16:9")
-    assert sorted(path.name for path in folder.iterdir()) == sorted(
+    assert [path.name for path in output_entries(folder)] == sorted(
         ["image_0.png", "video_0.mp4", *(f"{task['request_id']}.manifest.json" for task in tasks.values())]
     )
     # The video's asset event carries its manifest, for DAGs scheduled on the asset.
@@ -168,12 +168,12 @@ def test_scheduled_example_makes_an_image_then_a_video_from_it_on_a_manual_run(
     assert extra == {"request_id": tasks["video"]["request_id"], "manifest": video_entries}
 
     # Triggered again the same day: the ledger has both generations, so nothing is paid or overwritten.
-    files = {path.name: path.read_bytes() for path in folder.iterdir()}
+    files = {path.name: path.read_bytes() for path in output_entries(folder)}
     again = dag.test(logical_date=None)
     assert again.state == "success"
     if again.run_after.date() == day:  # not across midnight: the same prompts
         assert cerebraform_emulator.admin.stats()["submissions"]["total"] == 2
-        assert sorted(path.name for path in folder.iterdir()) == sorted(files)
+        assert [path.name for path in output_entries(folder)] == sorted(files)
         assert (image.read_bytes(), video.read_bytes()) == (files["image_0.png"], files["video_0.mp4"])
         for manifest in (f"{task['request_id']}.manifest.json" for task in tasks.values()):
             (entry,) = json.loads((folder / manifest).read_text())

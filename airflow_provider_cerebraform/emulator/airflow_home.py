@@ -13,6 +13,7 @@ Nothing here imports Airflow at module level: the pytest plugin imports this mod
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -291,11 +292,13 @@ def make_dag_test_like_a_worker() -> None:
     Before Airflow 3.3, ``dag.test()`` differs from a worker in two ways that break tests of a task's
     failures; fix both in this process (only the test harness changes, a real worker already does this):
 
-    - Its in-process execution API lives in an ``InProcessExecutionAPI`` object that nothing references
-      once the task's client is built: when that is garbage collected, the app's lifespan closes and
-      removes its service registry, and the task's next request fails with "'State' object has no
-      attribute 'svcs_registry'" (every task on 3.2.2). Keep it alive as long as the client's transport,
-      and wait for its startup, as 3.3 does.
+    - It builds a new in-process execution API (``InProcessExecutionAPI``) for every task, which
+      nothing references once the task's client is built: when that is garbage collected, the app's
+      lifespan closes and removes its service registry, and the task's next request fails with
+      "'State' object has no attribute 'svcs_registry'" (every task on 3.2.2). Building it also costs
+      seconds of CPU per task (the versioned routes are deep-copied), and a thread running its event
+      loop that never ends. Build one per process and keep it, waiting for its startup, as 3.3 does
+      (``lru_cache(maxsize=1)`` on ``in_process_api_server``).
     - It runs ``on_failure_callback`` / ``on_retry_callback`` without the task's exception in
       ``context["exception"]`` (None on 3.0 to 3.2); a worker sets it, and so does 3.3's ``dag.test()``.
     """
@@ -308,10 +311,10 @@ def make_dag_test_like_a_worker() -> None:
 
     unkept = supervisor.in_process_api_server
 
+    @functools.lru_cache(maxsize=1)
     def in_process_api_server() -> Any:
         api = unkept()
-        transport = api.transport  # starts the app's lifespan on the transport's event loop
-        transport.cerebraform_in_process_api = api
+        api.transport  # noqa: B018  (starts the app's lifespan on the transport's event loop)
         deadline = time.monotonic() + 60
         while not hasattr(api.app.state, "svcs_registry"):
             if time.monotonic() > deadline:

@@ -164,7 +164,9 @@ class CerebraformTaskSensor(BaseSensorOperator):
         """Where the count outlives this object: only needed when each poke is a new task run."""
         if self.mode != "reschedule":
             return None
-        store = context.get("task_state_store")  # type: ignore[call-overload]
+        from airflow_provider_cerebraform.version_compat import task_state_store
+
+        store = task_state_store(context)
         if store is None and not getattr(type(self), "_warned_no_store", False):
             type(self)._warned_no_store = True  # type: ignore[attr-defined]
             self.log.warning(

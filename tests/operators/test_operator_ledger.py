@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from cerebraform_dagtest import run_dag
+from conftest import output_entries
 from s3 import MotoServer
 
 from airflow_provider_cerebraform.emulator.pytest_plugin import CONN_ENV
@@ -32,7 +33,7 @@ BUCKET = "cerebraform-ledger"
 
 
 def _files(folder: Path) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+    return {path.name: path.read_bytes() for path in output_entries(folder)}
 
 
 def _check_manifests(folder: Path) -> None:

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import pytest
 from cerebraform_dagtest import DagOutcome, run_dag
 
+from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_3_PLUS
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
@@ -156,9 +158,16 @@ def test_the_error_budget_ends_the_wait_in_poke_and_reschedule_mode(
         "cerebraform_test_sensor_error_budget", tmp_path / "records", monkeypatch, request_id=request_id
     )
     assert run.state == "failed"
-    for mode in ("poke", "reschedule"):
-        (failure,) = run.failures_of(f"sensor_{mode}")
-        assert failure["type"] == "CerebraformServerError", (mode, failure)
-        assert "503" in failure["message"]
+    (failure,) = run.failures_of("sensor_poke")
+    assert failure["type"] == "CerebraformServerError", failure
+    assert "503" in failure["message"]
+    (failure,) = run.failures_of("sensor_reschedule")
+    if not AIRFLOW_V_3_3_PLUS:
+        # Before 3.3 there is no task_state_store: in reschedule mode the count lives within one poke
+        # (the sensor warns; docs/installing.md), so the errors never add up and the timeout ends it.
+        assert failure["type"] == "AirflowSensorTimeout", failure
+        return
+    assert failure["type"] == "CerebraformServerError", failure
+    assert "503" in failure["message"]
     assert run.task("sensor_reschedule").reschedules == 2  # two tolerated errors, one reschedule each
     assert emulator.admin.task(request_id)["polls"] == 0  # every poll was refused by the fault
