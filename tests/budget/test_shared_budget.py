@@ -141,6 +141,46 @@ def test_a_429_pause_is_seen_by_another_process(
     assert admin.stats()["rate_limited"].get("submit", 0) == 1
 
 
+def test_a_deferred_task_keeps_its_slot_in_the_shared_queue(
+    shared_budget: tuple[str, str | None], tmp_path: Path
+) -> None:
+    # Three "processes" on one key, each with a store of its own: a worker refused a slot keeps it
+    # while its task defers; another worker asks meanwhile and queues behind it; the task comes back
+    # in a third process, ahead of its slot, and gets that slot, not one behind everyone else.
+    name, redis_url = shared_budget
+    settings = ConnectionSettings(
+        base_url="http://127.0.0.1:9",
+        api_key="cf-kept-slot-key",
+        tier=Tier.FREE,
+        time_scale=3600.0 / 4,  # 4 s windows
+        budget=name,
+        budget_dir=str(tmp_path / "budget") if name == "host" else None,
+        redis_url=redis_url,
+    )
+
+    def process() -> Any:
+        if name == "host":
+            return SharedKeyPacer(settings, store=budget.FileStore(tmp_path / "budget")).window(Bucket.CREATE)
+        store = budget.RedisStore(redis_url or "")
+        return SharedKeyPacer(settings, store=store).window(Bucket.CREATE)
+
+    first, second, resumed = process(), process(), process()
+    began = time.monotonic()
+    assert all(first.reserve(0.0).admitted for _ in range(CREATE_LIMIT))
+    refused = first.reserve(1.0, hold="task-7")
+    assert not refused.admitted and refused.slot is not None  # kept
+    assert refused.delay == pytest.approx(4.0 + first.rules.margin, abs=0.1)
+    # Creations are not spaced: the next slot frees with the same one of the full window.
+    other = second.reserve(None)
+    assert other.delay == pytest.approx(refused.delay, abs=0.1)
+    assert not second.reserve(1.0).admitted  # no slot kept without hold
+    # Back ahead of the slot (too early for this caller's in-process wait): still kept, not lost.
+    assert not resumed.reserve(0.5, hold="task-7").admitted
+    back = resumed.reserve(10.0, hold="task-7")
+    assert back.admitted
+    assert time.monotonic() - began + back.delay == pytest.approx(refused.delay, abs=0.2)
+
+
 # -- the store fails mid-run --------------------------------------------------------------------
 
 
