@@ -38,7 +38,7 @@ pytestmark = [pytest.mark.real_airflow, pytest.mark.celery, pytest.mark.timeout(
 #: creations of 10, every task run taking about 30 s), though the budget refused nothing.
 TIME_SCALE = 60.0
 PROMPTS = 60
-DAG_ID = "cf_real_mapped_queued"
+DAG_ID = "cf_real_mapped"
 CREATE = PUBLISHED_LIMITS[Tier.FREE][Bucket.CREATE]
 
 
