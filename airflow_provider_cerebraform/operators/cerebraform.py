@@ -82,8 +82,9 @@ RATE_LIMITED_SINCE_KEY = "cerebraform_rate_limited_since"
 
 #: Seconds a task deferred for a slot that a shared budget keeps for it comes back ahead of that slot:
 #: the time Airflow takes to resume a deferred task (trigger fired, task queued, a worker process
-#: started: 15 to 30 s measured on a loaded 2-core CeleryExecutor, ``docs/scaling.md``). It then waits
-#: the rest in-process, so a worker slot is held at most this long (and never past ``max_in_process_wait``).
+#: started: 1 to 7 s on a 2-core CeleryExecutor at a load average of 11, but 65 to 104 s at 20 to 26,
+#: ``docs/scaling.md``). It then waits the rest in-process, so a worker slot is held at most this long
+#: (and never past ``max_in_process_wait``).
 RESUME_AHEAD = 30.0
 
 #: Retries these operators get when neither the task nor the DAG's ``default_args`` set ``retries``.
