@@ -67,9 +67,7 @@ def celery_stack(
         executor="CeleryExecutor",
         broker_url=redis_server.url.rsplit("/", 1)[0] + "/1",
         celery_workers=2,
-        # 8 slots each: at 4, the downloads of 30 generations that ended together took every slot for
-        # 86 s (load average 17) and no new task could start to take the creation slots meanwhile.
-        celery_concurrency=8,
+        celery_concurrency=4,
         triggerers=2,
         tier="free",
         connection_extra={"budget": "redis", "redis_url": redis_server.url.rsplit("/", 1)[0] + "/2"},
