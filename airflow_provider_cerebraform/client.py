@@ -76,8 +76,8 @@ class CerebraformClient:
     def close(self) -> None:
         self.session.close()
 
-    def submit(self, submission: Submission) -> str:
-        return self._run(self.protocol.submit(submission))
+    def submit(self, submission: Submission, hold: str | None = None) -> str:
+        return self._run(self.protocol.submit(submission, hold))
 
     def open_media(self, url: str) -> requests.Response:
         """Start streaming a media URL: no API key (it may point anywhere); the connection's TLS, timeout."""
@@ -158,8 +158,8 @@ class CerebraformAsyncClient:
     def __repr__(self) -> str:
         return f"CerebraformAsyncClient({self.protocol!r})"
 
-    async def submit(self, submission: Submission) -> str:
-        return await self._run(self.protocol.submit(submission))
+    async def submit(self, submission: Submission, hold: str | None = None) -> str:
+        return await self._run(self.protocol.submit(submission, hold))
 
     async def get_status(self, kind: GenerationKind | str, request_id: str) -> TaskState:
         return await self._run(self.protocol.status(kind, request_id))

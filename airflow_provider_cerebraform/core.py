@@ -242,11 +242,19 @@ class CerebraformProtocol:
 
     # -- the calls -------------------------------------------------------------------------------
 
-    def submit(self, submission: Submission) -> Conversation[str]:
-        """Create a task; answers its request_id. ``submission`` comes validated from ``build_submission``."""
+    def submit(self, submission: Submission, hold: str | None = None) -> Conversation[str]:
+        """
+        Create a task; answers its request_id. ``submission`` comes validated from ``build_submission``.
+
+        :param hold: a slot id of the caller's choosing. When the creation window has no slot within
+            ``max_wait``, a shared budget keeps the next one under this id and the
+            :class:`CerebraformRateLimitError` names it (``held``); submitting again with the same
+            ``hold`` (after deferring about ``retry_after``) takes that slot rather than queueing
+            behind everyone who asked since.
+        """
         kind, payload = submission
         request = ApiRequest("POST", kind.path, f"submit {kind.value}", Bucket.CREATE, dict(payload))
-        return self._exchange(request, lambda response: self._parse_submit(request, response))
+        return self._exchange(request, lambda response: self._parse_submit(request, response), hold)
 
     def status(self, kind: GenerationKind | str, request_id: str) -> Conversation[TaskState]:
         return self._task_get("status", kind, request_id, self._parse_status)
@@ -272,15 +280,21 @@ class CerebraformProtocol:
 
     # -- the conversation: pacing, sending, retrying ---------------------------------------------
 
-    def _exchange(self, request: ApiRequest, parse: Callable[[HttpResponse], T]) -> Conversation[T]:
+    def _exchange(
+        self, request: ApiRequest, parse: Callable[[HttpResponse], T], hold: str | None = None
+    ) -> Conversation[T]:
         window = self.pacer.window(request.bucket)
         waited = 0.0
         transient_retries = 0
         rate_limited_answers = 0
         while True:
-            reservation = yield from pace(window, "reserve", self.retry.wait_left(waited))
+            reservation = yield from pace(window, "reserve", self.retry.wait_left(waited), hold)
             if not reservation.admitted:
-                raise self._paced_out(request, reservation.delay)
+                raise self._paced_out(
+                    request, reservation.delay, held=hold if reservation.slot is not None else None
+                )
+            # Only the first request may take a kept slot: once sent, that slot is spent.
+            hold = None
             delay = reservation.delay
             paced = 0.0
             while delay > 0:
@@ -452,15 +466,19 @@ class CerebraformProtocol:
             return CerebraformServerError(f"{text} (after {self.settings.max_retries} retries)", **details)
         return ERRORS_BY_STATUS.get(status, CerebraformError)(text, **details)
 
-    def _paced_out(self, request: ApiRequest, delay: float) -> CerebraformRateLimitError:
+    def _paced_out(
+        self, request: ApiRequest, delay: float, held: str | None = None
+    ) -> CerebraformRateLimitError:
         rate = self.pacer.window(request.bucket)
+        kept = " (the shared budget keeps it for this caller)" if held else ""
         return CerebraformRateLimitError(
             f"Cerebraform {request.endpoint}: the {self.settings.tier.value} tier's {request.bucket.value} "
             f"limit has no free slot (client-side pacing, including any pause a 429 asked for); the next "
-            f"opens in {delay:.0f} s "
+            f"opens in {delay:.0f} s{kept} "
             f"(window {rate.period:.0f} s), longer than the {self.max_wait:.0f} s allowed to wait "
             "in-process.",
             retry_after=delay,
+            held=held,
             http_status=None,
             error="paced",
             endpoint=request.endpoint,

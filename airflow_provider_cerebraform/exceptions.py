@@ -64,11 +64,16 @@ class CerebraformRateLimitError(CerebraformError):
     429, or the client's own pacing, asks for a wait longer than the caller allows in-process.
 
     :param retry_after: seconds until a request would be admitted.
+    :param held: the id of the slot a shared budget keeps for the caller ``retry_after`` seconds from
+        now (client-side pacing with ``hold``, see ``CerebraformProtocol.submit``); None when none is kept.
     """
 
-    def __init__(self, message: str, *, retry_after: float = 0.0, **kwargs: object) -> None:
+    def __init__(
+        self, message: str, *, retry_after: float = 0.0, held: str | None = None, **kwargs: object
+    ) -> None:
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
         self.retry_after = retry_after
+        self.held = held
 
 
 class CerebraformServerError(CerebraformError):

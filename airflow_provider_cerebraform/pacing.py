@@ -84,10 +84,14 @@ class WindowRules:
     :param limit: the published number of requests per window.
     :param period: the window in seconds.
     :param share: the fraction of ``limit`` this process (or, with a shared budget, the deployment) may use.
+    :param spread: space callers that queue behind a full window evenly over the next one (polls: many
+        waits then take turns). False releases each slot as soon as the window frees it (creations:
+        spacing them after a burst left most of the next window unused, ``docs/scaling.md``).
     """
 
-    def __init__(self, limit: int, period: float, share: float = 1.0) -> None:
+    def __init__(self, limit: int, period: float, share: float = 1.0, spread: bool = True) -> None:
         self.period = period
+        self.spread = spread
         self.ceiling = max(1.0, math.floor(limit * share))
         self.margin = min(_EDGE_MARGIN_MAX, period * _EDGE_MARGIN_FRACTION)
 
@@ -95,26 +99,39 @@ class WindowRules:
         return self.ceiling if state.allowed is None else min(self.ceiling, state.allowed)
 
     def reserve(
-        self, state: WindowState, now: float, slot_id: Any, max_delay: float | None
+        self, state: WindowState, now: float, slot_id: Any, max_delay: float | None, keep: bool = False
     ) -> tuple[float, bool]:
-        """Take the next free slot as ``slot_id`` unless the wait exceeds ``max_delay``: (delay, taken)."""
+        """
+        Take the next free slot as ``slot_id`` unless the wait exceeds ``max_delay``: (delay, admitted).
+        With ``keep``, a wait too long takes the slot all the same (not admitted): the caller defers
+        and comes back for it by reserving the same ``slot_id``, which then finds its own slot (and
+        confirms it, see :meth:`confirm`) instead of queueing again behind everyone who asked since.
+        """
         slots = state.slots
         expired = 0
         while expired < len(slots) and slots[expired][1] <= now - self.period:
             expired += 1
         del slots[:expired]
+        mine = next((slot for slot in slots if slot[0] == slot_id), None)
+        if mine is not None:
+            self.confirm(state, now, slot_id)
+            delay = mine[1] - now  # confirmed: no earlier than planned, later if the window needs it
+            return delay, max_delay is None or delay <= max_delay
         allowed = int(self.allowed(state))
         at = max(now, state.paused_until)
         if slots:
             at = max(at, slots[-1][1])
         if len(slots) >= allowed:
             at = max(at, slots[-allowed][1] + self.period + self.margin)
-            # Once callers queue, space them evenly instead of releasing each window's budget
-            # in one burst: many waiters then get polled in turn every K/B minutes, not once a
-            # window all at its start (docs/benchmarks.md, triggerer scale).
-            at = max(at, slots[-1][1] + self.period / allowed)
+            if self.spread:
+                # Once callers queue, space them evenly instead of releasing each window's budget
+                # in one burst: many waiters then get polled in turn every K/B minutes, not once a
+                # window all at its start (docs/benchmarks.md, triggerer scale).
+                at = max(at, slots[-1][1] + self.period / allowed)
         delay = at - now
         if max_delay is not None and delay > max_delay:
+            if keep:
+                slots.append([slot_id, at])
             return delay, False
         slots.append([slot_id, at])
         return delay, True
@@ -174,7 +191,11 @@ class WindowRules:
 
 @dataclass(frozen=True)
 class Reservation:
-    """A slot in a window. ``delay`` is how long to wait before sending; 0 means now."""
+    """
+    A slot in a window. ``delay`` is how long to wait before sending; 0 means now. A reservation
+    not ``admitted`` that has a ``slot`` is kept for a caller that defers and comes back for it
+    (``reserve(hold=...)``).
+    """
 
     delay: float
     admitted: bool
@@ -191,7 +212,7 @@ class Window(Protocol):
     period: float
     does_io: bool
 
-    def reserve(self, max_delay: float | None = None) -> Reservation: ...
+    def reserve(self, max_delay: float | None = None, hold: str | None = None) -> Reservation: ...
     def confirm(self, reservation: Reservation) -> float: ...
     def settle(self, reservation: Reservation) -> None: ...
     def cancel(self, reservation: Reservation) -> None: ...
@@ -238,14 +259,21 @@ class SlidingWindow:
     :param period: the window in seconds.
     :param share: the fraction of ``limit`` this process may use.
     :param clock: a monotonic clock, replaceable in tests.
+    :param spread: space queued callers evenly (see :class:`WindowRules`).
     """
 
     does_io = False
 
     def __init__(
-        self, limit: int, period: float, share: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self,
+        limit: int,
+        period: float,
+        share: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        spread: bool = True,
     ) -> None:
-        self.rules = WindowRules(limit, period, share)
+        self.rules = WindowRules(limit, period, share, spread)
         self.period = period
         self.ceiling = self.rules.ceiling
         self.state = WindowState()
@@ -261,10 +289,12 @@ class SlidingWindow:
     def paused_until(self) -> float:
         return self.state.paused_until
 
-    def reserve(self, max_delay: float | None = None) -> Reservation:
+    def reserve(self, max_delay: float | None = None, hold: str | None = None) -> Reservation:
         """
         Take the next free slot, unless waiting for it would exceed ``max_delay`` seconds; then
-        nothing is taken and the reservation says how long the wait would have been.
+        nothing is taken and the reservation says how long the wait would have been. ``hold`` is
+        ignored: a slot kept for a caller that defers only makes sense in a budget that outlives
+        this process (``budget``: ``host`` or ``redis``).
         """
         with self._lock:
             slot_id = next(self._ids)
@@ -322,12 +352,14 @@ class KeyPacer:
     def __init__(self, settings: ConnectionSettings, clock: Callable[[], float] = time.monotonic) -> None:
         scale = settings.time_scale
 
-        def window(rate: RateLimit) -> SlidingWindow:
-            return SlidingWindow(rate.limit, rate.period / scale, settings.rate_share, clock)
+        def window(rate: RateLimit, spread: bool = True) -> SlidingWindow:
+            return SlidingWindow(rate.limit, rate.period / scale, settings.rate_share, clock, spread=spread)
 
         if settings.api_key:
             limits = PUBLISHED_LIMITS[settings.tier]
-            self._windows = {bucket: window(rate) for bucket, rate in limits.items()}
+            self._windows = {
+                bucket: window(rate, spread=bucket is not Bucket.CREATE) for bucket, rate in limits.items()
+            }
         else:
             anonymous = window(ANONYMOUS_LIMIT)
             self._windows = dict.fromkeys(Bucket, anonymous)

@@ -68,6 +68,7 @@ def _burst(message: dict[str, Any]) -> dict[str, Any]:
     errors: list[str] = []
     slot_seconds = 0.0
     deferrals = 0
+    kwargs: dict[int, dict[str, Any]] = {}
     while ready:
         at, index, resumed = heapq.heappop(ready)
         time.sleep(max(0.0, at - time.monotonic()))
@@ -76,12 +77,13 @@ def _burst(message: dict[str, Any]) -> dict[str, Any]:
         try:
             operator, context = operators[index], contexts[index]
             if resumed:
-                finished[index] = operator.execute_after_rate_limit(context, None)
+                finished[index] = operator.execute_after_rate_limit(context, None, **kwargs[index])
             else:
                 finished[index] = operator.execute(context)
         except TaskDeferred as deferred:
             moment = deferred.trigger.moment.timestamp()
             requeue = time.monotonic() + max(0.0, moment - time.time())
+            kwargs[index] = deferred.kwargs or {}  # the slot a shared budget keeps for it, if any
         except Exception as error:
             errors.append(f"{type(error).__name__}: {error}"[:300])
         slot_seconds += time.perf_counter() - began

@@ -91,6 +91,7 @@ def _run_row(
     errors: list[str] = []
     slot_seconds = [0.0]
     deferrals = [0]
+    held: dict[int, dict[str, Any]] = {}  # the slot a shared budget keeps for a deferred task, if any
 
     def slot() -> None:
         while True:
@@ -109,12 +110,13 @@ def _run_row(
             requeue: float | None = None
             try:
                 if resumed:
-                    request_id = operator.execute_after_rate_limit(context, None)
+                    request_id = operator.execute_after_rate_limit(context, None, **held.get(index, {}))
                 else:
                     request_id = operator.execute(context)
             except TaskDeferred as deferred:
                 moment = deferred.trigger.moment.timestamp()
                 requeue = time.monotonic() + max(0.0, moment - time.time())
+                held[index] = deferred.kwargs or {}
             except Exception as error:
                 request_id = None
                 with condition:

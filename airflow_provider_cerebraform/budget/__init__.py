@@ -135,8 +135,8 @@ class _Store:
 def _apply(rules: WindowRules, state: WindowState, now: float, op: str, args: tuple[Any, ...]) -> Any:
     """One rule on a state in Python (the ``host`` budget; the ``redis`` budget runs :data:`WINDOW_LUA`)."""
     if op == "reserve":
-        slot_id, max_delay = args
-        return rules.reserve(state, now, slot_id, max_delay)
+        slot_id, max_delay, keep = args
+        return rules.reserve(state, now, slot_id, max_delay, keep)
     if op == "confirm":
         return rules.confirm(state, now, args[0])
     if op == "settle":
@@ -235,14 +235,15 @@ class RedisStore(_Store):
         """The script's ARGV for one rule (``now``: a fixed clock for tests; None: the server's ``TIME``)."""
         rules = window.rules
         if op == "reserve":
-            slot_id, max_delay = args
-            args = (slot_id, "" if max_delay is None else repr(float(max_delay)))
+            slot_id, max_delay, keep = args
+            args = (slot_id, "" if max_delay is None else repr(float(max_delay)), "1" if keep else "0")
         head = [
             op,
             repr(rules.period),
             repr(rules.ceiling),
             repr(rules.margin),
             "" if now is None else repr(now),
+            "1" if rules.spread else "0",
         ]
         return head + [arg if isinstance(arg, str) else repr(arg) for arg in args]
 
@@ -299,7 +300,8 @@ class RedisStore(_Store):
 # The rules of WindowRules (pacing.py) as one atomic step in Redis. KEYS[1]: the window's reservations,
 # a sorted set of slot id -> time (sent, or answered); KEYS[2]: a hash of the adaptive ceiling
 # ('allowed'), the Retry-After pause ('paused') and the last halving ('decreased'). ARGV: operation,
-# period, ceiling, edge margin, now ('' for the server's TIME), then the operation's arguments. It
+# period, ceiling, edge margin, now ('' for the server's TIME), spread ('1': space queued callers
+# evenly), then the operation's arguments. It
 # answers {flag, number, full}: reserve {admitted, delay}, confirm {1, delay}, the others {1, 0}; full
 # is 1 when the ceiling is at its maximum (no additive increase to send). Numbers go back as strings:
 # Redis would truncate Lua numbers to integers. Sorted by time rather than by reservation order, the
@@ -310,6 +312,7 @@ local slots, state = KEYS[1], KEYS[2]
 local op = ARGV[1]
 local period, ceiling, margin = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = tonumber(ARGV[5])
+local spread = ARGV[6] == '1'
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -318,48 +321,61 @@ local function num(x) return string.format('%.17g', x) end
 local allowed = math.min(ceiling, tonumber(redis.call('HGET', state, 'allowed')) or ceiling)
 local paused = tonumber(redis.call('HGET', state, 'paused')) or 0
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', num(now - period))
-local flag, answer = 1, 0
-if op == 'reserve' then
-  local whole = math.floor(allowed)
-  local at = math.max(now, paused)
-  local count = redis.call('ZCARD', slots)
-  if count > 0 then
-    local last = tonumber(redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')[2])
-    at = math.max(at, last)
-    if count >= whole then
-      local nth = tonumber(redis.call('ZRANGE', slots, -whole, -whole, 'WITHSCORES')[2])
-      -- once callers queue, space them evenly rather than a window's budget in one burst
-      at = math.max(at, nth + period + margin, last + period / whole)
-    end
-  end
-  answer = at - now
-  local max_delay = tonumber(ARGV[7])
-  if max_delay and answer > max_delay then
-    flag = 0
-  else
-    redis.call('ZADD', slots, num(at), ARGV[6])
-  end
-elseif op == 'confirm' then
+local function confirm(id)
   local need = math.max(now, paused)
-  local position = redis.call('ZRANK', slots, ARGV[6])
+  local position = redis.call('ZRANK', slots, id)
   if position then
     local whole = math.floor(allowed)
     if position >= whole then
       local ahead = redis.call('ZRANGE', slots, position - whole, position - whole, 'WITHSCORES')
       need = math.max(need, tonumber(ahead[2]) + period + margin)
     end
-    if need > tonumber(redis.call('ZSCORE', slots, ARGV[6])) then
-      redis.call('ZADD', slots, num(need), ARGV[6])
+    if need > tonumber(redis.call('ZSCORE', slots, id)) then
+      redis.call('ZADD', slots, num(need), id)
     end
   end
-  answer = need - now
+  return need - now
+end
+local flag, answer = 1, 0
+if op == 'reserve' then
+  local max_delay = tonumber(ARGV[8])
+  if redis.call('ZSCORE', slots, ARGV[7]) then
+    -- the caller's own slot, kept while it deferred: confirm it rather than queue again
+    confirm(ARGV[7])
+    answer = tonumber(redis.call('ZSCORE', slots, ARGV[7])) - now
+    if max_delay and answer > max_delay then flag = 0 end
+  else
+    local whole = math.floor(allowed)
+    local at = math.max(now, paused)
+    local count = redis.call('ZCARD', slots)
+    if count > 0 then
+      local last = tonumber(redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')[2])
+      at = math.max(at, last)
+      if count >= whole then
+        local nth = tonumber(redis.call('ZRANGE', slots, -whole, -whole, 'WITHSCORES')[2])
+        at = math.max(at, nth + period + margin)
+        -- polls: once callers queue, space them evenly rather than a window's budget in one burst
+        if spread then at = math.max(at, last + period / whole) end
+      end
+    end
+    answer = at - now
+    if max_delay and answer > max_delay then
+      flag = 0
+      -- kept: the caller defers and comes back for it
+      if ARGV[9] == '1' then redis.call('ZADD', slots, num(at), ARGV[7]) end
+    else
+      redis.call('ZADD', slots, num(at), ARGV[7])
+    end
+  end
+elseif op == 'confirm' then
+  answer = confirm(ARGV[7])
 elseif op == 'settle' then
-  local at = redis.call('ZSCORE', slots, ARGV[6])
+  local at = redis.call('ZSCORE', slots, ARGV[7])
   if at and now > tonumber(at) then
-    redis.call('ZADD', slots, num(now), ARGV[6])
+    redis.call('ZADD', slots, num(now), ARGV[7])
   end
 elseif op == 'cancel' then
-  redis.call('ZREM', slots, ARGV[6])
+  redis.call('ZREM', slots, ARGV[7])
 elseif op == 'on_success' then
   allowed = math.min(ceiling, allowed + 1 / ceiling)
   if allowed >= ceiling then
@@ -374,7 +390,7 @@ elseif op == 'on_rate_limited' then
     allowed = math.max(1, allowed / 2)
     redis.call('HSET', state, 'allowed', num(allowed), 'decreased', num(now))
   end
-  paused = math.max(paused, now + tonumber(ARGV[6]))
+  paused = math.max(paused, now + tonumber(ARGV[7]))
   redis.call('HSET', state, 'paused', num(paused))
 else
   return redis.error_reply('unknown window operation ' .. tostring(op))
@@ -411,17 +427,20 @@ class SharedWindow:
     :param limit: the published number of requests per window.
     :param period: the window in seconds.
     :param share: the fraction of ``limit`` the whole deployment may use.
+    :param spread: space queued callers evenly (see ``WindowRules`` in ``pacing.py``).
     """
 
     does_io = True
 
-    def __init__(self, store: _Store, key: str, limit: int, period: float, share: float) -> None:
+    def __init__(
+        self, store: _Store, key: str, limit: int, period: float, share: float, spread: bool = True
+    ) -> None:
         self.store = store
         self.key = key
         self.period = period
-        self.rules = WindowRules(limit, period, share)
+        self.rules = WindowRules(limit, period, share, spread)
         self.ceiling = self.rules.ceiling
-        self.local = SlidingWindow(limit, period, share)
+        self.local = SlidingWindow(limit, period, share, spread=spread)
         self._full = False
 
     def __repr__(self) -> str:
@@ -429,12 +448,16 @@ class SharedWindow:
 
     # Each call is an operation on the shared state, its arguments, and what to do in-process instead.
 
-    def _reserve(self, max_delay: float | None) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
+    def _reserve(
+        self, max_delay: float | None, hold: str | None
+    ) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
         def local() -> Reservation:
             reservation = self.local.reserve(max_delay)
-            return Reservation(reservation.delay, reservation.admitted, ("local", reservation))
+            slot = ("local", reservation) if reservation.admitted else None
+            return Reservation(reservation.delay, reservation.admitted, slot)
 
-        return "reserve", (os.urandom(6).hex(), max_delay), local
+        # With ``hold``, a wait too long keeps the slot under that id for the caller's return.
+        return "reserve", (hold or os.urandom(6).hex(), max_delay, hold is not None), local
 
     def _confirm(self, reservation: Reservation) -> tuple[str | None, tuple[Any, ...], Callable[[], Any]]:
         where, slot = reservation.slot or ("local", Reservation(0.0, True))
@@ -467,7 +490,8 @@ class SharedWindow:
         result, self._full = answer
         if op == "reserve":
             delay, admitted = result
-            return Reservation(delay, admitted, ("shared", args[0]) if admitted else None)
+            kept = admitted or bool(args[2])
+            return Reservation(delay, admitted, ("shared", args[0]) if kept else None)
         return result
 
     def _run(self, op: str | None, args: tuple[Any, ...], local: Callable[[], T]) -> T:
@@ -488,8 +512,8 @@ class SharedWindow:
                     self.store.failed(error.__cause__ or error)
         return local()
 
-    def reserve(self, max_delay: float | None = None) -> Reservation:
-        return self._run(*self._reserve(max_delay))
+    def reserve(self, max_delay: float | None = None, hold: str | None = None) -> Reservation:
+        return self._run(*self._reserve(max_delay, hold))
 
     def confirm(self, reservation: Reservation) -> float:
         return self._run(*self._confirm(reservation))
@@ -506,8 +530,8 @@ class SharedWindow:
     def on_rate_limited(self, retry_after: float) -> None:
         self._run(*self._on_rate_limited(retry_after))
 
-    async def areserve(self, max_delay: float | None = None) -> Reservation:
-        return await self._arun(*self._reserve(max_delay))
+    async def areserve(self, max_delay: float | None = None, hold: str | None = None) -> Reservation:
+        return await self._arun(*self._reserve(max_delay, hold))
 
     async def aconfirm(self, reservation: Reservation) -> float:
         return await self._arun(*self._confirm(reservation))
@@ -542,7 +566,8 @@ class SharedKeyPacer:
         def window(bucket: str, rate: RateLimit) -> SharedWindow:
             key = f"cerebraform:budget:{{{name}}}:{bucket}"
             period = rate.period / scale
-            return SharedWindow(self.store, key, rate.limit, period, settings.rate_share)
+            spread = bucket != Bucket.CREATE.value
+            return SharedWindow(self.store, key, rate.limit, period, settings.rate_share, spread)
 
         if settings.api_key:
             limits = PUBLISHED_LIMITS[settings.tier]

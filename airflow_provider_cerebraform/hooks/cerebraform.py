@@ -262,16 +262,19 @@ class CerebraformHook(BaseHook):
         image_url: str | None = None,
         aspect_ratio: str | None = None,
         duration: int | None = None,
+        hold: str | None = None,
     ) -> str:
         """
         Create an image or video task (paid) and return its request_id. Pass either a
         :class:`~airflow_provider_cerebraform.models.Submission` from ``build_submission`` or its
         parameters (``kind``, ``prompt``, ``image_url``, ``aspect_ratio``, ``duration``).
+        ``hold``: a slot id to keep in a shared budget when the wait is too long to make in-process
+        (see ``CerebraformProtocol.submit`` in ``core.py``).
         """
         submission = as_submission(
             kind, prompt, image_url=image_url, aspect_ratio=aspect_ratio, duration=duration
         )
-        return self.get_conn().submit(submission)
+        return self.get_conn().submit(submission, hold)
 
     def get_status(self, kind: GenerationKind | str, request_id: str) -> TaskState:
         return self.get_conn().get_status(kind, request_id)

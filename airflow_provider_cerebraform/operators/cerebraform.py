@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,13 @@ __all__ = [
 #: Key that remembers when the first 429 of this task instance deferred it, for ``max_rate_limit_wait``.
 RATE_LIMITED_SINCE_KEY = "cerebraform_rate_limited_since"
 
+#: Seconds a task deferred for a slot that a shared budget keeps for it comes back ahead of that slot:
+#: the time Airflow takes to resume a deferred task (trigger fired, task queued, a worker process
+#: started: 1 to 7 s on a 2-core CeleryExecutor at a load average of 11, but 65 to 104 s at 20 to 26,
+#: ``docs/scaling.md``). It then waits the rest in-process, so a worker slot is held at most this long
+#: (and never past ``max_in_process_wait``).
+RESUME_AHEAD = 30.0
+
 #: Retries these operators get when neither the task nor the DAG's ``default_args`` set ``retries``.
 #: A retry reconnects to the paid generation instead of paying again, so it costs nothing; and it is
 #: what rescues a task that Airflow 3.3 marks failed after resuming from deferral (apache/airflow#72716).
@@ -143,6 +151,8 @@ class CerebraformSubmitOperator(BaseOperator):
     )
     ui_color = "#d6c8ff"
     operator_extra_links = (CerebraformRequestLink(),)
+    #: The slot a shared budget keeps for this task while it is deferred (``execute_after_rate_limit``).
+    _hold: str | None = None
 
     def __init__(
         self,
@@ -232,8 +242,12 @@ class CerebraformSubmitOperator(BaseOperator):
             duration=self.duration,
         )
 
-    def execute_after_rate_limit(self, context: Context, event: Any = None) -> Any:
-        """Where a task deferred by a 429 comes back: it tries the submission again."""
+    def execute_after_rate_limit(self, context: Context, event: Any = None, hold: str | None = None) -> Any:
+        """
+        Where a task deferred by a 429 or by pacing comes back: it tries the submission again, on
+        the slot a shared budget kept for it (``hold``) if any.
+        """
+        self._hold = hold
         return self.execute(context)
 
     def _continue_after_submit(
@@ -260,8 +274,10 @@ class CerebraformSubmitOperator(BaseOperator):
             intent = SubmissionRecord(fingerprint, time.time())
             if records is not None:
                 records.put(intent)
+            # A shared budget keeps the next slot under this id if the wait is too long to make here.
+            hold, self._hold = self._hold or secrets.token_hex(8), None
             try:
-                request_id = hook.submit(submission)
+                request_id = hook.submit(submission, hold=hold)
             except CerebraformSubmissionUncertainError:
                 raise  # the intent stays: a retry will know it may have paid
             except CerebraformError as error:
@@ -360,8 +376,14 @@ class CerebraformSubmitOperator(BaseOperator):
             since = now
             if store is not None:
                 store.set(RATE_LIMITED_SINCE_KEY, since)
-        # Jitter spreads mapped tasks refused together, so they do not all return in the same second.
-        wait = error.retry_after + random.uniform(0.0, max(1.0, error.retry_after * 0.25))
+        if error.held is not None:
+            # The shared budget keeps the slot for this task: come back ahead of it by the time Airflow
+            # takes to resume a deferred task, and wait the rest in-process (at most RESUME_AHEAD s),
+            # so that the slot is used on time. Jitter would only make it late.
+            wait = max(0.0, error.retry_after - min(RESUME_AHEAD, float(self.max_in_process_wait)))
+        else:
+            # Jitter spreads mapped tasks refused together, so they do not all return in the same second.
+            wait = error.retry_after + random.uniform(0.0, max(1.0, error.retry_after * 0.25))
         reason = error.message.rstrip(". ")
         if now + wait - since > self.max_rate_limit_wait:
             if store is not None:
@@ -373,12 +395,23 @@ class CerebraformSubmitOperator(BaseOperator):
                 http_status=error.http_status,
                 endpoint=error.endpoint,
             ) from error
-        self.log.warning("%s; deferring %.0f s without a worker slot, then submitting again.", reason, wait)
+        if error.held is not None:
+            self.log.warning(
+                "%s; deferring %.0f s without a worker slot, back %.0f s ahead of the slot to take it.",
+                reason,
+                wait,
+                error.retry_after - wait,
+            )
+        else:
+            self.log.warning(
+                "%s; deferring %.0f s without a worker slot, then submitting again.", reason, wait
+            )
         from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 
         self.defer(
             trigger=DateTimeTrigger(moment=pendulum.now("UTC").add(seconds=wait)),
             method_name="execute_after_rate_limit",
+            kwargs={"hold": error.held} if error.held is not None else None,
         )
 
 

@@ -141,6 +141,58 @@ def test_a_429_pause_is_seen_by_another_process(
     assert admin.stats()["rate_limited"].get("submit", 0) == 1
 
 
+def test_a_deferred_task_keeps_its_slot_in_the_shared_queue(
+    shared_budget: tuple[str, str | None], tmp_path: Path
+) -> None:
+    # Three "processes" on one key, each with a store of its own: a worker refused a slot keeps it
+    # while its task defers; another worker asks meanwhile and queues behind it; the task comes back
+    # in a third process, ahead of its slot, and gets that slot, not one behind everyone else.
+    name, redis_url = shared_budget
+    WINDOW = 20.0  # seconds; long enough for a loaded machine's store calls
+    settings = ConnectionSettings(
+        base_url="http://127.0.0.1:9",
+        api_key="cf-kept-slot-key",
+        tier=Tier.FREE,
+        time_scale=3600.0 / WINDOW,
+        budget=name,
+        budget_dir=str(tmp_path / "budget") if name == "host" else None,
+        redis_url=redis_url,
+    )
+
+    def process() -> Any:
+        if name == "host":
+            return SharedKeyPacer(settings, store=budget.FileStore(tmp_path / "budget")).window(Bucket.CREATE)
+        store = budget.RedisStore(redis_url or "")
+        return SharedKeyPacer(settings, store=store).window(Bucket.CREATE)
+
+    first, second, resumed = process(), process(), process()
+
+    def slot_at(reservation: Any, asked: float) -> float:
+        return asked + reservation.delay
+
+    assert all(first.reserve(0.0).admitted for _ in range(CREATE_LIMIT))
+    asked = time.monotonic()
+    refused = first.reserve(1.0, hold="task-7")
+    assert not refused.admitted and refused.slot is not None  # kept
+    assert refused.delay == pytest.approx(WINDOW + first.rules.margin, abs=1.0)
+    kept_at = slot_at(refused, asked)
+    # Creations are not spaced: the next window's other 9 slots free at the same moment as the kept one.
+    for _ in range(CREATE_LIMIT - 1):
+        asked = time.monotonic()
+        assert slot_at(second.reserve(None), asked) == pytest.approx(kept_at, abs=1.0)
+    assert not second.reserve(1.0).admitted  # no slot kept without hold
+    # That window is full with the kept slot: it was not given to anyone else.
+    asked = time.monotonic()
+    later = second.reserve(None)
+    assert slot_at(later, asked) >= kept_at + WINDOW - 1.0
+    # Back ahead of the slot (too early for this caller's in-process wait): still kept, not lost.
+    assert not resumed.reserve(0.5, hold="task-7").admitted
+    asked = time.monotonic()
+    back = resumed.reserve(2 * WINDOW, hold="task-7")
+    assert back.admitted
+    assert slot_at(back, asked) == pytest.approx(kept_at, abs=1.0)  # the very slot it was kept
+
+
 # -- the store fails mid-run --------------------------------------------------------------------
 
 

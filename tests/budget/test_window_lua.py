@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 LIMIT, PERIOD = 3, 10.0
 # (time, operation, arguments): a queue forms, answers arrive late, a 429 halves the ceiling and
-# pauses the window, successes win the ceiling back, a wait too long is refused, slots expire.
+# pauses the window, successes win the ceiling back, a wait too long is refused (or its slot kept for
+# the caller, who comes back for it: too early, then in time), slots expire.
 STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
     (0.0, "reserve", ("a", None)),
     (0.0, "reserve", ("b", None)),
@@ -28,6 +29,8 @@ STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
     (0.0, "reserve", ("d", None)),
     (0.0, "reserve", ("e", None)),
     (0.0, "reserve", ("x", 5.0)),
+    (0.0, "reserve", ("k", 5.0, True)),
+    (0.1, "reserve", ("k", 5.0, True)),
     (0.5, "settle", ("a",)),
     (0.6, "settle", ("b",)),
     (0.7, "settle", ("c",)),
@@ -37,30 +40,52 @@ STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
     (11.0, "on_rate_limited", (5.0,)),
     (11.2, "on_rate_limited", (2.0,)),
     (11.5, "reserve", ("f", None)),
+    (11.6, "reserve", ("k", 8.0, True)),
     (12.0, "confirm", ("e",)),
     (12.5, "on_success", ()),
     (12.6, "on_success", ()),
     (12.7, "reserve", ("g", 1.0)),
     (13.0, "cancel", ("f",)),
     (13.1, "reserve", ("h", None)),
+    (16.0, "reserve", ("k", 8.0, True)),
     (30.0, "on_rate_limited", (1.0,)),
     (30.5, "on_success", ()),
     (31.5, "reserve", ("i", None)),
     (60.0, "reserve", ("j", None)),
 ]
 
+# Creations (not spread): a full window's queue is released as the slots free, in bursts, not spaced.
+UNSPREAD_STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
+    (0.0, "reserve", ("a", None)),
+    (0.0, "reserve", ("b", None)),
+    (0.0, "reserve", ("c", None)),
+    (0.0, "reserve", ("d", None)),
+    (0.0, "reserve", ("e", 5.0, True)),
+    (0.0, "reserve", ("x", 5.0)),
+    (4.0, "reserve", ("e", 5.0, True)),
+    (6.0, "reserve", ("e", 5.0, True)),
+    (10.3, "confirm", ("d",)),
+    (10.4, "settle", ("d",)),
+    (10.5, "reserve", ("f", None)),
+    (25.0, "reserve", ("g", None)),
+]
+
+
+def _window(redis_server: RedisServer, spread: bool = True) -> SharedWindow:
+    # Spread: polls, queued callers spaced evenly; unspread: creations, each slot as soon as it frees.
+    key = f"cerebraform:budget:{{lua-test-{spread}}}:create"
+    return SharedWindow(RedisStore(redis_server.url), key, LIMIT, PERIOD, 1.0, spread=spread)
+
 
 @pytest.fixture
 def window(redis_server: RedisServer) -> SharedWindow:
-    return SharedWindow(
-        RedisStore(redis_server.url), "cerebraform:budget:{lua-test}:create", LIMIT, PERIOD, 1.0
-    )
+    return _window(redis_server)
 
 
 def _python_step(window: SharedWindow, state: WindowState, now: float, op: str, args: tuple[Any, ...]) -> Any:
     rules = window.rules
     if op == "reserve":
-        delay, admitted = rules.reserve(state, now, args[0], args[1])
+        delay, admitted = rules.reserve(state, now, args[0], args[1], *args[2:])
         # The Python rules drop expired slots only when reserving; the script on every step.
         return round(delay, 6), admitted
     if op == "confirm":
@@ -79,6 +104,8 @@ def _python_step(window: SharedWindow, state: WindowState, now: float, op: str, 
 def _lua_step(window: SharedWindow, now: float, op: str, args: tuple[Any, ...]) -> Any:
     store = window.store
     assert isinstance(store, RedisStore)
+    if op == "reserve":
+        args = (*args, False)[:3]
     answer = store._script(keys=store.keys(window), args=store.script_args(window, op, args, now=now))
     result, _full = store.parse(op, answer)
     if op == "reserve":
@@ -88,13 +115,13 @@ def _lua_step(window: SharedWindow, now: float, op: str, args: tuple[Any, ...]) 
     return result
 
 
-def test_the_script_follows_the_window_rules_step_by_step(
-    window: SharedWindow, redis_server: RedisServer
-) -> None:
+@pytest.mark.parametrize("spread", [True, False], ids=["spread", "unspread"])
+def test_the_script_follows_the_window_rules_step_by_step(redis_server: RedisServer, spread: bool) -> None:
+    window = _window(redis_server, spread)
     state = WindowState()
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     slots_key, state_key = RedisStore.keys(window)
-    for now, op, args in STEPS:
+    for now, op, args in STEPS if spread else UNSPREAD_STEPS:
         expected = _python_step(window, state, now, op, args)
         assert _lua_step(window, now, op, args) == expected, (now, op, args)
         live = [slot for slot in state.slots if slot[1] > now - PERIOD]

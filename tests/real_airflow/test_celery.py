@@ -6,7 +6,8 @@ tier's hourly creation limit) runs time-scaled:
 
 - every prompt is paid once (60 submissions, no duplicates) and every task succeeds;
 - the key is answered 429 for at most 5% of the submissions;
-- at least 95% of the creation limit is used in each full window (every window before the last);
+- at least 95% of the creation limit is used in every window while tasks queue for it, as the
+  service counts its sliding window (from the first creation to the last);
 - both triggerers ran the waits, and their polls, paced by one shared budget, drew no 429.
 
 Select it with ``-m celery`` (or the module's name). 12 minutes on a loaded 2-core machine (728 s): 3 to
@@ -145,8 +146,10 @@ def test_celery_workers_and_triggerers_share_one_redis_budget(celery_stack: Airf
         "429s_per_success": round(create_429s / max(1, submissions), 3),
         "per_window": per_window,
         "share_per_full_window": [round(share, 2) for share in shares],
+        "sliding_share_min": round(min(sliding), 3),
         "sliding_share_max": round(max(sliding), 3),
         "sliding_windows_at_95pct": f"{sum(share >= 0.95 for share in sliding)} of {len(sliding)}",
+        "sliding_shares": [round(share, 2) for share in sliding],
         "polls": polls,
         "poll_429s": poll_429s,
         "waits_per_triggerer": {str(job): len(indexes) for job, indexes in holders.items()},
@@ -161,10 +164,12 @@ def test_celery_workers_and_triggerers_share_one_redis_budget(celery_stack: Airf
     assert create_429s / submissions <= 0.05, figures
     # Never above the limit in any sliding window (the emulator's clock; its 429s would say so too).
     assert max(sliding) <= 1.0 + 0.01, figures
-    # The limit used in full while tasks queue for it. On a loaded 2-core machine the workers leave gaps
-    # (a task run took 15 to 30 s there), so not every window fills: 10 / 9 / 9 / 10 / 1 / 10 / 9 / 2
-    # at 60x; the 9s are the edge margin (10 creations per 60.5 s). At least a stretch does.
-    assert max(shares) >= 0.95, figures
+    # The limit used in full in every window while tasks queue for it (from the first creation to the
+    # last: before and after, nothing waits). A task refused a slot defers while the shared budget
+    # keeps the slot for it, and comes back ahead of it; before that (a window's refused tasks came back
+    # only when it opened, and a Celery worker took 15 to 30 s to resume one) windows went by with 1 of
+    # 10 creations.
+    assert min(sliding) >= 0.95, figures
     # The poll budget is shared: both triggerers held waits, and together they drew no 429.
     assert len(holders) == 2, figures
     assert poll_429s == 0, figures

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import itertools
 
-from airflow_provider_cerebraform.pacing import SlidingWindow
+import pytest
+
+from airflow_provider_cerebraform.pacing import SlidingWindow, WindowRules, WindowState
 
 
 class FakeClock:
@@ -93,6 +95,35 @@ def test_a_cancelled_slot_is_given_back():
     taken = window.reserve()
     window.cancel(taken)
     assert window.reserve().delay == 0.0
+
+
+def test_queued_creations_go_as_soon_as_the_window_frees_their_slot():
+    # The creation window is not spread: spacing the queue after a burst left the next window
+    # half used (the service's sliding window allows the next ten as soon as the first ten leave it).
+    clock = FakeClock()
+    window = SlidingWindow(limit=10, period=60.0, clock=clock, spread=False)
+    slots = [clock.now + window.reserve().delay for _ in range(30)]
+    margin = window.rules.margin
+    start = clock.now
+    assert slots == [start] * 10 + [start + 60.0 + margin] * 10 + [start + 120.0 + 2 * margin] * 10
+    # Every 10 consecutive creations span one window (and its edge margin): the limit used in full.
+    assert {round(slots[n] - slots[n - 10], 6) for n in range(10, 30)} == {60.0 + margin}
+
+
+def test_a_kept_slot_is_the_callers_when_it_comes_back():
+    rules = WindowRules(limit=2, period=10.0, spread=False)
+    state = WindowState()
+    assert rules.reserve(state, 0.0, "a", None) == (0.0, True)
+    assert rules.reserve(state, 0.0, "b", None) == (0.0, True)
+    assert rules.reserve(state, 0.0, "kept", 1.0, keep=True) == (10.0 + rules.margin, False)
+    assert rules.reserve(state, 0.0, "refused", 1.0) == (10.0 + rules.margin, False)
+    assert [slot[0] for slot in state.slots] == ["a", "b", "kept"]  # kept, the other not
+    assert rules.reserve(state, 1.0, "late", None)[0] == 9.0 + rules.margin  # the one slot left
+    # Its caller comes back: too early for its wait, then in time; the slot stays its own.
+    assert rules.reserve(state, 2.0, "kept", 1.0, keep=True) == (8.0 + rules.margin, False)
+    assert rules.reserve(state, 9.5, "kept", 1.0, keep=True) == (pytest.approx(0.5 + rules.margin), True)
+    # Back more than a window after it, the slot has expired: the caller queues again.
+    assert rules.reserve(state, 40.0, "kept", None) == (0.0, True)
 
 
 def test_queued_callers_are_spaced_evenly_not_released_in_bursts():
