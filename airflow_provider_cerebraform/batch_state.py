@@ -27,7 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cerebraform.media import _remove, _temporary_name, _write_atomically
+from airflow_provider_cerebraform.media import remove_quietly, temporary_name, write_atomically
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -105,7 +105,7 @@ class BatchState:
         kept: list[tuple[int, int, ObjectStoragePath]] = []
         for first, last, path in segments:
             if last <= covered:
-                _remove(path)  # merged into a larger segment whose old parts were not all removed
+                remove_quietly(path)  # merged into a larger segment whose old parts were not all removed
                 continue
             kept.append((first, last, path))
             with path.open("r") as lines:
@@ -125,7 +125,7 @@ class BatchState:
         first = 0
         for seq, path in log:
             if seq <= covered:
-                _remove(path)  # compacted already; the try that moved it stopped before removing it
+                remove_quietly(path)  # compacted already; the try that moved it stopped before removing it
                 continue
             try:
                 event = json.loads(path.read_text())
@@ -143,7 +143,7 @@ class BatchState:
             kept.append((first, covered, segment))
             for seq, path in log:
                 if first <= seq <= covered:
-                    _remove(path)
+                    remove_quietly(path)
         if len(kept) > MAX_SEGMENTS:
             state._merge(kept)
         return state
@@ -155,7 +155,7 @@ class BatchState:
         _write_lines(merged, self.snapshot_events())
         for _, _, path in segments:
             if path.name != merged.name:
-                _remove(path)
+                remove_quietly(path)
 
     def snapshot_events(self) -> Iterable[dict[str, Any]]:
         """Events that rebuild this state from nothing."""
@@ -211,13 +211,13 @@ class BatchState:
     def append(self, event: dict[str, Any]) -> None:
         """Make ``event`` durable (its own small object), then fold it in."""
         path = self.folder / "log" / f"{self.next_seq:012d}.json"
-        _write_atomically(path, json.dumps(event, separators=(",", ":")).encode())
+        write_atomically(path, json.dumps(event, separators=(",", ":")).encode())
         self.next_seq += 1
         self.apply(event)
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomically(self.folder / "batch.json", json.dumps(meta, indent=2).encode())
+        write_atomically(self.folder / "batch.json", json.dumps(meta, indent=2).encode())
         self.meta = meta
 
     def wipe(self) -> None:
@@ -226,8 +226,8 @@ class BatchState:
             folder = self.folder / sub
             if folder.exists():
                 for path in list(folder.iterdir()):
-                    _remove(path)
-        _remove(self.folder / "batch.json")
+                    remove_quietly(path)
+        remove_quietly(self.folder / "batch.json")
         self.rows.clear()
         self.stops.clear()
         self.answered_at.clear()
@@ -270,12 +270,12 @@ def _segments(folder: ObjectStoragePath) -> list[tuple[int, int, ObjectStoragePa
 def _write_lines(target: ObjectStoragePath, lines: Iterable[dict[str, Any]]) -> None:
     """Write JSON lines to ``target`` under a temporary name, streamed, then move it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_name(target)
+    temporary = temporary_name(target)
     try:
         with temporary.open("w") as sink:
             for line in lines:
                 sink.write(json.dumps(line, separators=(",", ":")) + "\n")
         temporary.move(target)
     except BaseException:
-        _remove(temporary)
+        remove_quietly(temporary)
         raise

@@ -34,13 +34,13 @@ from airflow_provider_cerebraform.exceptions import CerebraformMediaError
 from airflow_provider_cerebraform.media import (
     DEFAULT_FILE_NAME,
     ManifestEntry,
-    _write_atomically,
     as_storage_path,
     copy_atomically,
     extension_for,
     file_digest,
     file_name_for,
     safe_component,
+    write_atomically,
     write_manifest,
 )
 from airflow_provider_cerebraform.models import GenerationKind, Submission
@@ -374,13 +374,13 @@ class GenerationLedger:
         record = {"request_id": request_id, "fingerprint": fingerprint, "kind": kind}
         path = self.request_path(request_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, json.dumps(record, sort_keys=True).encode())
+        write_atomically(path, json.dumps(record, sort_keys=True).encode())
 
     def record(self, entry: LedgerEntry) -> None:
         """Record a stored generation (replacing any entry of its fingerprint), atomically."""
         path = self.entry_path(entry.fingerprint)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, json.dumps(entry.to_dict(), indent=1, sort_keys=True).encode())
+        write_atomically(path, json.dumps(entry.to_dict(), indent=1, sort_keys=True).encode())
         self.remember_request(entry.request_id, entry.fingerprint, entry.kind)
         self.log.info(
             "Recorded generation %s (request %s, %d file(s)) in the ledger %s",

@@ -337,7 +337,8 @@ class MediaDownloader:
         )
 
 
-def _temporary_name(target: ObjectStoragePath) -> ObjectStoragePath:
+def temporary_name(target: ObjectStoragePath) -> ObjectStoragePath:
+    """A hidden sibling of ``target`` to write into before moving it into place."""
     return target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.partial"
 
 
@@ -355,7 +356,7 @@ def _stream_atomically(
 ) -> tuple[str, int]:
     digest, size = hashlib.sha256(), 0
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_name(target)
+    temporary = temporary_name(target)
     try:
         with temporary.open("wb", block_size=_upload_block_size(max_bytes)) as sink:
             for chunk in response.iter_content(CHUNK_SIZE):
@@ -370,10 +371,10 @@ def _stream_atomically(
             raise _Transient(f"truncated body: {size} of {declared} bytes")
         temporary.move(target)
     except requests.RequestException as error:
-        _remove(temporary)
+        remove_quietly(temporary)
         raise _Transient(f"{type(error).__name__} after {size} bytes") from None
     except BaseException:
-        _remove(temporary)
+        remove_quietly(temporary)
         raise
     return digest.hexdigest(), size
 
@@ -381,7 +382,7 @@ def _stream_atomically(
 def write_manifest(folder: ObjectStoragePath, request_id: str, entries: list[ManifestEntry]) -> None:
     """Write ``<request_id>.manifest.json`` in ``folder``: the stored files of one generation."""
     manifest = folder / f"{safe_component(request_id)}.manifest.json"
-    _write_atomically(manifest, json.dumps([entry.to_dict() for entry in entries], indent=2).encode())
+    write_atomically(manifest, json.dumps([entry.to_dict() for entry in entries], indent=2).encode())
 
 
 def file_digest(path: ObjectStoragePath) -> tuple[str, int]:
@@ -420,7 +421,7 @@ def copy_atomically(
         :class:`ChecksumMismatchError` is raised.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary_name(target)
+    temporary = temporary_name(target)
     try:
         if same_store(source, target):
             source.fs.copy(source.path, temporary.path)
@@ -440,23 +441,25 @@ def copy_atomically(
             )
         temporary.move(target)
     except BaseException:
-        _remove(temporary)
+        remove_quietly(temporary)
         raise
     return digest, size
 
 
-def _write_atomically(target: ObjectStoragePath, data: bytes) -> None:
-    temporary = _temporary_name(target)
+def write_atomically(target: ObjectStoragePath, data: bytes) -> None:
+    """Write ``data`` to ``target`` so that ``target`` is either absent, as it was, or whole."""
+    temporary = temporary_name(target)
     try:
         with temporary.open("wb") as sink:
             sink.write(data)
         temporary.move(target)
     except BaseException:
-        _remove(temporary)
+        remove_quietly(temporary)
         raise
 
 
-def _remove(path: ObjectStoragePath) -> None:
+def remove_quietly(path: ObjectStoragePath) -> None:
+    """Remove ``path`` if it exists: clean-up on the way out of an error, which must not mask it."""
     try:
         if path.exists():
             path.unlink()

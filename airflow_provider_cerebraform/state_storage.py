@@ -18,7 +18,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cerebraform.media import _remove, _write_atomically, as_storage_path
+from airflow_provider_cerebraform.media import as_storage_path, remove_quietly, write_atomically
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -87,11 +87,11 @@ class ObjectStorageTaskState:
         """Store ``value`` (JSON) under ``key``; durable, and never half-written, when this returns."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, json.dumps(value, sort_keys=True).encode())
+        write_atomically(path, json.dumps(value, sort_keys=True).encode())
 
     def delete(self, key: str) -> None:
         """Forget ``key`` (nothing happens when it is not there)."""
-        _remove(self._path(key))
+        remove_quietly(self._path(key))
 
     def __repr__(self) -> str:
         return f"ObjectStorageTaskState({str(self.folder)!r})"

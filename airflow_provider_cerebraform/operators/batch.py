@@ -50,10 +50,10 @@ from airflow_provider_cerebraform.ledger import (
     submission_fingerprint,
 )
 from airflow_provider_cerebraform.media import (
-    _write_atomically,
     as_storage_path,
     validate_destination,
     validate_location,
+    write_atomically,
 )
 from airflow_provider_cerebraform.models import (
     PUBLISHED_LIMITS,
@@ -684,7 +684,7 @@ class CerebraformBatchGenerateOperator(BaseOperator):
             "stopped": state.stops.get(token),
             "max_failed": allowed,
         }
-        _write_atomically(state.folder / "manifest.json", json.dumps(manifest, indent=2).encode())
+        write_atomically(state.folder / "manifest.json", json.dumps(manifest, indent=2).encode())
         # Folders, not files: a batch may store thousands; the results file lists each one.
         listed = isinstance(self.prompts, (list, tuple))
         self._lineage = ([] if listed else [str(as_storage_path(self.prompts))], [str(output)])
