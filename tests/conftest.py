@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from s3 import MotoServer
 
 from airflow_provider_cerebraform.emulator.airflow_home import AirflowHome, prepare_environment
 
@@ -90,6 +91,13 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
             return value
         assert time.monotonic() < deadline, "condition not met before the deadline"
         time.sleep(interval)
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[MotoServer]:
+    """A moto S3 server on loopback for the module's tests, stopped by pid at its end (``tests/s3.py``)."""
+    with MotoServer() as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)

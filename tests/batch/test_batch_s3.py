@@ -11,13 +11,13 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
-from s3 import MotoServer
 
 from .conftest import run_batch
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from s3 import MotoServer
 
     from .conftest import BatchEmulator
 
@@ -25,12 +25,6 @@ pytestmark = pytest.mark.usefixtures("airflow_db")
 
 CONN_ID = "aws_cerebraform_batch"
 BUCKET = "cerebraform-batch"
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 def test_a_batch_reads_its_prompts_from_s3_and_stores_media_results_and_state_there(

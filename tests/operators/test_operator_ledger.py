@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from cerebraform_dagtest import run_dag
 from conftest import output_entries
-from s3 import MotoServer
 
 from airflow_provider_cerebraform.emulator.pytest_plugin import CONN_ENV
 from airflow_provider_cerebraform.ledger import GenerationLedger, generation_fingerprint
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    from s3 import MotoServer
 
     from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
 
@@ -117,12 +117,6 @@ def test_an_entry_whose_file_was_overwritten_is_paid_again_and_recorded_anew(
     assert stored[0]["sha256"] == hashlib.sha256(data).hexdigest() and data[4:8] == b"ftyp"
     entry = GenerationLedger(f"file://{ledger_dir}").lookup_request(new_video)
     assert entry is not None and entry.files[0].sha256 == stored[0]["sha256"]
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 def test_a_ledger_in_s3_copies_into_a_new_output_without_paying(

@@ -9,25 +9,19 @@ import hashlib
 import json
 from typing import TYPE_CHECKING
 
-import pytest
 import requests
 from cerebraform_dagtest import run_dag
-from s3 import MotoServer
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
+
+    import pytest
+    from s3 import MotoServer
 
     from airflow_provider_cerebraform.emulator.pytest_plugin import EmulatorHandle
 
 CONN_ID = "aws_cerebraform_test"
 BUCKET = "cerebraform-media"
-
-
-@pytest.fixture(scope="module")
-def moto_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
-        yield server
 
 
 def test_pipeline_writes_media_and_manifest_to_s3(
