@@ -30,6 +30,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import html
+import io
 import json
 import logging
 import os
@@ -84,8 +85,8 @@ with DAG(
 
     @task
     def extract(source: str) -> list[dict[str, str]]:
-        with ObjectStoragePath(source).open("r", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
+        text = ObjectStoragePath(source).read_text(encoding="utf-8")
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
         log.info("Read %d rows from %s", len(rows), source)
         return rows
 
@@ -167,7 +168,8 @@ with DAG(
     def pick_up_media(**context: Any) -> str:
         events = list(context["triggering_asset_events"].get(CATALOG) or [])
         if not events:  # a manual run: take the catalog's latest event
-            events = list(context["inlet_events"][CATALOG].ascending(False).limit(1))
+            # Oldest first on every Airflow 3 (a list before 3.2, a lazy sequence since).
+            events = list(context["inlet_events"][CATALOG][-1:])
         if not events:
             raise ValueError("The catalog asset has no event yet: run example_cerebraform_etl first.")
         catalog = ObjectStoragePath(events[-1].extra["catalog"])

@@ -117,10 +117,18 @@ def test_every_example_dag_loads_without_import_errors_or_warnings() -> None:
         bag = dag_bag(dag_folder=EXAMPLES, known_pools={"default_pool", CREATE_POOL})
 
     assert bag.import_errors == {}
-    assert bag.captured_warnings == {}
     assert bag.dag_warnings == set()
-    ours = [w for w in caught if str(REPO) in str(w.filename)]
-    assert ours == [], [str(w.message) for w in ours]
+
+    # Warnings raised in our files; a library's own (3.0's starlette import under a newer anyio) is not ours.
+    def ours(location: str) -> bool:
+        return location.startswith(str(REPO)) and "site-packages" not in location
+
+    captured = {
+        path: [w for w in found if ours(w.split(":")[0])] for path, found in bag.captured_warnings.items()
+    }
+    assert {path: found for path, found in captured.items() if found} == {}
+    mine = [w for w in caught if ours(str(w.filename))]
+    assert mine == [], [str(w.message) for w in mine]
     assert set(bag.dag_ids) == EXAMPLE_DAG_IDS
     for dag_id in EXAMPLE_DAG_IDS:
         dag = bag.get_dag(dag_id)
