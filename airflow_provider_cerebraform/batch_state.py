@@ -109,7 +109,8 @@ class BatchState:
                 continue
             kept.append((first, last, path))
             with path.open("r") as lines:
-                for text in lines:
+                # readline, not iteration: Airflow 3.0's file wrapper has no __iter__.
+                for text in iter(lines.readline, ""):
                     if text.strip():
                         state.apply(json.loads(text))
             covered = max(covered, last)
