@@ -68,6 +68,16 @@ def dag_bag(**kwargs: Any) -> Any:
     return DagBag(**kwargs)
 
 
+def scheduler_dag(dag: Any) -> Any:
+    """``dag`` as the scheduler sees it (serialized, then read back): the test harnesses run a DAG run's
+    loop with it. ``DagSerialization`` from 3.2, ``SerializedDAG`` before."""
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.serialization.serialized_objects import DagSerialization as Serialization
+    else:
+        from airflow.serialization.serialized_objects import SerializedDAG as Serialization
+    return Serialization.deserialize_dag(Serialization.serialize_dag(dag))
+
+
 def mask_secret(secret: str) -> None:
     """Mask ``secret`` in the task's logs (and its supervisor's)."""
     from airflow.sdk.log import mask_secret as _mask_secret
@@ -179,6 +189,7 @@ __all__ = [
     "field_behaviour_from_provider_info",
     "form_widgets_from_conn_fields",
     "mask_secret",
+    "scheduler_dag",
     "stats_backend",
     "task_state_store",
 ]

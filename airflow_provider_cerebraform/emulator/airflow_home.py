@@ -245,6 +245,7 @@ class AirflowHome:
         bag = dag_bag(dag_folder=str(path), safe_mode=False)
         if bag.import_errors:
             raise ImportError(f"{dag_file} did not import:\n" + "\n".join(bag.import_errors.values()))
+        register_like_the_dag_processor(bag)
         dags = bag.dags
         if dag_id is None and len(dags) == 1:
             return next(iter(dags.values()))
@@ -302,7 +303,7 @@ def make_dag_test_like_a_worker() -> None:
     - It runs ``on_failure_callback`` / ``on_retry_callback`` without the task's exception in
       ``context["exception"]`` (None on 3.0 to 3.2); a worker sets it, and so does 3.3's ``dag.test()``.
     """
-    from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_3_PLUS
+    from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_1_PLUS, AIRFLOW_V_3_3_PLUS
 
     global _DAG_TEST_PATCHED
     if AIRFLOW_V_3_3_PLUS or _DAG_TEST_PATCHED:
@@ -332,7 +333,59 @@ def make_dag_test_like_a_worker() -> None:
     # dag.test()'s supervisor imports both by name when it runs a task, so these are the ones it uses.
     supervisor.in_process_api_server = in_process_api_server
     task_runner.finalize = finalize_with_the_exception
+    if not AIRFLOW_V_3_1_PLUS:
+        _validate_reschedule_start_dates()
     _DAG_TEST_PATCHED = True
+
+
+def _validate_reschedule_start_dates() -> None:
+    """
+    Airflow 3.0's client builds the first reschedule date's answer without validating it
+    (``model_construct``), so it stays a string; a worker validates it when the answer crosses to the
+    task process, but ``dag.test()`` hands the object over as it is, and every sensor in
+    ``mode="reschedule"`` then fails on its second poke ("unsupported operand type(s) for -").
+    """
+    from airflow.sdk.api.client import TaskInstanceOperations
+    from airflow.sdk.execution_time.comms import TaskRescheduleStartDate
+
+    unvalidated = TaskInstanceOperations.get_reschedule_start_date
+
+    def get_reschedule_start_date(self: Any, id: Any, try_number: int = 1) -> Any:
+        answer = unvalidated(self, id, try_number)
+        return TaskRescheduleStartDate.model_validate({"start_date": answer.start_date})
+
+    TaskInstanceOperations.get_reschedule_start_date = get_reschedule_start_date  # type: ignore[method-assign]
+
+
+def run_task_like_dag_test(ti: Any, task: Any) -> None:
+    """Run one scheduled task instance in this process, triggers included, as ``dag.test()``'s loop does
+    (a harness that re-runs part of a DAG run drives that loop itself)."""
+    from airflow.sdk.definitions.dag import _run_task
+
+    from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_1_PLUS
+
+    if AIRFLOW_V_3_1_PLUS:
+        _run_task(ti=ti, task=task, run_triggerer=True)
+    else:  # 3.0 takes the task from the task instance
+        ti.task = task
+        _run_task(ti=ti, run_triggerer=True)
+
+
+def register_like_the_dag_processor(bag: Any) -> None:
+    """
+    Before Airflow 3.1, ``dag.test()`` does not write the DAG to the metadata database: its assets are
+    then unknown, so "inactive", and every task with an asset inlet or outlet fails
+    (``AirflowInactiveAssetInInletOrOutletException``). Write the bag as the dag-processor would, assets
+    activated, as 3.1's ``dag.test()`` does itself.
+    """
+    from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_1_PLUS
+
+    if AIRFLOW_V_3_1_PLUS:
+        return
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag.sync_to_db(bundle_name="dags-folder", bundle_version=None)
 
 
 _DAG_TEST_PATCHED = False

@@ -23,6 +23,9 @@ from cerebraform_dagtest import run_dag as run_test_dag
 from conftest import AIRFLOW_HOME, load_dag
 from conftest import wait_for as shared_wait_for
 
+from airflow_provider_cerebraform.emulator.airflow_home import run_task_like_dag_test
+from airflow_provider_cerebraform.version_compat import scheduler_dag
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -140,15 +143,13 @@ def rerun_tasks(
     """
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import clear_task_instances
-    from airflow.sdk.definitions.dag import _run_task
-    from airflow.serialization.serialized_objects import DagSerialization
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState, TaskInstanceState
     from sqlalchemy import select as sql_select
 
     monkeypatch.setenv(record_env, str(record_dir))
     dag = load_dag(dag_file, dag_id)
-    scheduler_dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
+    serialized = scheduler_dag(dag)
     started = time.monotonic()
     with create_session() as session:
         dag_run = session.scalar(sql_select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
@@ -158,7 +159,7 @@ def rerun_tasks(
         clear_task_instances(chosen, session, dag_run_state=DagRunState.QUEUED)
         session.commit()
         dag_run = session.scalar(sql_select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
-        dag_run.dag = scheduler_dag
+        dag_run.dag = serialized
         dag_run.state = DagRunState.RUNNING
         session.commit()
         deadline = time.monotonic() + 240
@@ -179,7 +180,7 @@ def rerun_tasks(
             for ti in scheduled:
                 # A task's failure is recorded by Airflow and by the DAG's callback.
                 with contextlib.suppress(Exception):
-                    _run_task(ti=ti, task=dag.task_dict[ti.task_id], run_triggerer=True)
+                    run_task_like_dag_test(ti, dag.task_dict[ti.task_id])
         state = str(dag_run.state)
     return _account(collect_outcome(dag_id, run_id, state, time.monotonic() - started, record_dir))
 
