@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    import psutil
     from playwright.sync_api import Browser, BrowserContext, Page
 
     from airflow_provider_cerebraform.emulator import EmulatorAdmin
@@ -243,13 +244,28 @@ def test_triggerer_restart_resumes_deferred_tasks_without_resubmitting(
 
 @pytest.mark.real_airflow
 def test_worker_killed_after_submit_retry_reconnects(stack: AirflowStack, emulator: EmulatorAdmin) -> None:
-    dag_id, run_id, task_id = "cf_real_worker_kill", "rt_worker_kill", "submit_image"
+    def kill(runner: psutil.Process, run_id: str) -> None:
+        os.kill(runner.pid, signal.SIGKILL)
+
+    assert_a_retry_after_submit_reconnects(stack, emulator, "rt_worker_kill", kill)
+
+
+def assert_a_retry_after_submit_reconnects(
+    stack: AirflowStack,
+    emulator: EmulatorAdmin,
+    run_id: str,
+    end_first_try: Callable[[psutil.Process, str], None],
+) -> None:
+    """
+    Runs ``cf_real_worker_kill``, whose submit task holds after its submission (and after remembering
+    it); ``end_first_try`` ends that try there. The retry must reconnect: one submission, and the media.
+    """
+    dag_id, task_id = "cf_real_worker_kill", "submit_image"
     _ready(stack, dag_id, "cf_real_pipeline.py")
     emulator.configure(image_seconds=_real_seconds(4))
     holding = stack.signals / f"{run_id}.holding"
     stack.trigger(dag_id, run_id)
 
-    # The submit task holds after the submission (and after remembering it): kill it there.
     wait_until(
         lambda: _submissions(emulator) == 1 and holding.exists(),
         timeout=120,
@@ -267,14 +283,14 @@ def test_worker_killed_after_submit_retry_reconnects(stack: AirflowStack, emulat
     else:  # no task state store: the record is in object storage under the task's state_location
         (record,) = (stack.output / dag_id / run_id / STATE_FOLDER).rglob(f"{SUBMISSION_KEY}.json")
         assert request_id in record.read_text()
-    os.kill(runner.pid, signal.SIGKILL)
+    end_first_try(runner, run_id)
 
     run = stack.wait_for_run(dag_id, run_id, timeout=180)
 
     assert run.state == "success", run.states_seen
     assert run.task_instances[task_id]["try_number"] == 2
     tries = stack.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries")
-    # The killed try is archived as failed (the scheduler saw it die), and the task retried.
+    # The first try is archived as failed (a killed one too: the scheduler saw it die), and the task retried.
     assert [(t["try_number"], t["state"]) for t in tries["task_instances"]] == [
         (1, "failed"),
         (2, "success"),

@@ -65,7 +65,8 @@ with DAG(
 class HeldSubmitOperator(CerebraformSubmitOperator):
     """
     Submits, then, on the first try only, writes ``<run_id>.holding`` (its pid) and waits for
-    ``<run_id>.release`` in ``$CF_REAL_AIRFLOW_SIGNALS``: the window in which a test kills the worker.
+    ``<run_id>.release`` in ``$CF_REAL_AIRFLOW_SIGNALS``: the window in which a test kills the worker,
+    or writes ``<run_id>.fail`` to make the try fail with an exception.
     """
 
     def _submit(self, context: Context, *args: Any, **kwargs: Any) -> tuple[str, Any]:
@@ -77,6 +78,8 @@ class HeldSubmitOperator(CerebraformSubmitOperator):
             self.log.info("Submitted %s; holding until %s.release", request_id, run_id)
             deadline = time.monotonic() + HOLD_SECONDS
             while not (signals / f"{run_id}.release").exists() and time.monotonic() < deadline:
+                if (signals / f"{run_id}.fail").exists():
+                    raise RuntimeError(f"{run_id}.fail: the test ends this try with an exception")
                 time.sleep(0.1)
         return request_id, reconnected
 
