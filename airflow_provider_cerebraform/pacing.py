@@ -9,7 +9,14 @@ way the service counts them (``api-open-questions.md`` #7 and #8): slots are han
 so waiting callers are served round-robin. The service counts a request when it arrives, which
 may be any time until its answer, so an answered slot moves to the time of its answer and a
 waiting caller re-checks its slot right before sending (a burst whose first requests arrive late
-would otherwise let the next window's requests arrive too early).
+would otherwise let the next window's requests arrive too early). A caller whose slot is bounded by a
+request still in flight (its time is past and it is not settled: not answered, nor failed) does not
+send until that request is settled: when the service counted it is unknown until then, and may be
+well after its slot's time (on a loaded event loop or against a slow service that was common, and
+the next window's request then arrived less than a window after it: a 429). A request never settled
+(its process died, its trigger was cancelled, a deferred task never came back for its kept slot) is
+taken to have arrived at most ``WindowRules.bound`` after its slot's time, so that it holds the
+window back for a while, never for good.
 
 Several processes on one key (HA triggerers, many workers) each take ``rate_share`` of the limit,
 and every process adapts: a 429 halves its rate and pauses the bucket for ``Retry-After``
@@ -42,6 +49,19 @@ if TYPE_CHECKING:
 # service's edge of the window is not used a hair too early.
 _EDGE_MARGIN_FRACTION = 0.01
 _EDGE_MARGIN_MAX = 0.5
+# How long after its slot's time a request not settled may still arrive, at most: see WindowRules.bound.
+_IN_FLIGHT_BOUND_MAX = 60.0
+# A caller held back by a request in flight looks again this often: a quarter of the spacing of a full
+# window's requests (it is then sent at most that long after the request ahead is settled), kept within
+# 10 ms (each look is a round trip to a shared budget) and 1 s.
+_RECHECK_FRACTION = 0.25
+_RECHECK_MIN = 0.01
+_RECHECK_MAX = 1.0
+
+
+def settled(slot: list[Any]) -> bool:
+    """Whether a slot's request was answered (or failed); a slot stored without the flag was."""
+    return len(slot) < 3 or bool(slot[2])
 
 
 @dataclass
@@ -49,8 +69,10 @@ class WindowState:
     """
     What a window remembers, as plain data so that a shared store can keep it (``budget``).
 
-    :param slots: ``[slot id, time]`` of each reserved request, in the order they were reserved;
-        the time is when it is (or was) sent, later when it was answered.
+    :param slots: ``[slot id, time, settled]`` of each reserved request, in the order they were
+        reserved; the time is when it is (or was) sent, later when it was answered; ``settled`` is
+        whether it was answered (or failed). A slot without the flag (a state stored before it, a
+        request remembered from another process) was.
     :param allowed: the adaptive ceiling (None: the full ceiling).
     :param paused_until: the end of the pause a 429's ``Retry-After`` asked for.
     :param decreased_at: when the ceiling was last halved (None: never).
@@ -94,9 +116,58 @@ class WindowRules:
         self.spread = spread
         self.ceiling = max(1.0, math.floor(limit * share))
         self.margin = min(_EDGE_MARGIN_MAX, period * _EDGE_MARGIN_FRACTION)
+        # A request never settled is taken to have arrived at most `bound` after its slot's time: one
+        # window, and no more than a minute. A live caller sends at its slot's time and its request
+        # connects (so arrives) within the client's timeout (30 s by default) or fails and is settled;
+        # one unsettled longer than that belongs to a caller that is gone (a process that died, a
+        # trigger cancelled, a deferred task that never came back for its kept slot). It leaves the
+        # window a window after its bound, so the callers it bounds wait at most a minute longer than
+        # had it been answered at once (an hour's window would otherwise stall its queue for an hour
+        # more). The emulator's compressed windows keep the bound as short as their window.
+        self.bound = min(period, _IN_FLIGHT_BOUND_MAX)
+        self.recheck = min(_RECHECK_MAX, max(_RECHECK_MIN, period / self.ceiling * _RECHECK_FRACTION))
 
     def allowed(self, state: WindowState) -> float:
         return self.ceiling if state.allowed is None else min(self.ceiling, state.allowed)
+
+    def in_flight(self, slot: list[Any], now: float) -> bool:
+        """
+        Whether the slot's request may be on its way: its time is past and it is not settled. The
+        service counts it when it arrives, by its answer at the latest: unknown until then.
+        """
+        return not settled(slot) and slot[1] <= now
+
+    def leaves_at(self, slot: list[Any], now: float) -> float:
+        """
+        When the slot's request leaves the window: a window after its time (a settled one: its
+        answer's), or for one in flight, a window after its :attr:`bound`, by which it is taken to
+        have arrived if it is never settled.
+        """
+        return slot[1] + (self.bound if self.in_flight(slot, now) else 0.0) + self.period
+
+    def expired(self, slot: list[Any], now: float) -> bool:
+        # As the store computes it (now - period - bound), so the two agree to the last bit.
+        edge = now - self.period
+        return slot[1] <= (edge - self.bound if self.in_flight(slot, now) else edge)
+
+    def _expire(self, state: WindowState, now: float) -> None:
+        state.slots[:] = [slot for slot in state.slots if not self.expired(slot, now)]
+
+    def _bounded_by(self, ahead: list[list[Any]], now: float) -> tuple[float, float | None]:
+        """
+        What the slots ``ahead`` (those at least ``allowed`` places ahead of a caller) ask of it: the
+        earliest time it may send as far as is known, and how soon it looks again (None: no need) while
+        one of them is in flight. That one arrived no earlier than its slot's time, so the caller waits
+        at least a window after that, and looks again until it is settled or leaves the window.
+        """
+        need = -math.inf
+        again: float | None = None
+        for slot in ahead:
+            if self.in_flight(slot, now):
+                wait = min(self.recheck, self.leaves_at(slot, now) - now)
+                again = wait if again is None else min(again, wait)
+            need = max(need, slot[1] + self.period + self.margin)
+        return need, again
 
     def reserve(
         self, state: WindowState, now: float, slot_id: Any, max_delay: float | None, keep: bool = False
@@ -108,43 +179,57 @@ class WindowRules:
         confirms it, see :meth:`confirm`) instead of queueing again behind everyone who asked since.
         """
         slots = state.slots
-        expired = 0
-        while expired < len(slots) and slots[expired][1] <= now - self.period:
-            expired += 1
-        del slots[:expired]
+        self._expire(state, now)
         mine = next((slot for slot in slots if slot[0] == slot_id), None)
         if mine is not None:
-            self.confirm(state, now, slot_id)
-            delay = mine[1] - now  # confirmed: no earlier than planned, later if the window needs it
+            # Confirmed: no earlier than planned, later if the window needs it (or a request in
+            # flight ahead holds it back: it looks again after the confirmation's delay).
+            delay = max(mine[1] - now, self.confirm(state, now, slot_id))
             return delay, max_delay is None or delay <= max_delay
         allowed = int(self.allowed(state))
         at = max(now, state.paused_until)
-        if slots:
-            at = max(at, slots[-1][1])
+        # No earlier than the latest slot (the last reserved, or one moved later since: a caller that
+        # waited for a request in flight, a late answer), as the shared store counts them by time.
+        last = max((slot[1] for slot in slots), default=-math.inf)
+        at = max(at, last)
+        again: float | None = None
         if len(slots) >= allowed:
             at = max(at, slots[-allowed][1] + self.period + self.margin)
             if self.spread:
                 # Once callers queue, space them evenly instead of releasing each window's budget
                 # in one burst: many waiters then get polled in turn every K/B minutes, not once a
                 # window all at its start (docs/benchmarks.md, triggerer scale).
-                at = max(at, slots[-1][1] + self.period / allowed)
+                at = max(at, last + self.period / allowed)
+            if at <= now:
+                # Sent at once, it is not confirmed first: the requests in flight ahead of it (for more
+                # than a window: rare) hold it back here, and then its caller confirms after `again`.
+                need, again = self._bounded_by(slots[: len(slots) - allowed + 1], now)
+                at = max(at, need, now if again is None else now + again)
         delay = at - now
         if max_delay is not None and delay > max_delay:
             if keep:
-                slots.append([slot_id, at])
+                slots.append([slot_id, at, False])
             return delay, False
-        slots.append([slot_id, at])
+        slots.append([slot_id, at, False])
         return delay, True
 
     def confirm(self, state: WindowState, now: float, slot_id: Any) -> float:
-        """How much longer the holder of ``slot_id`` waits before sending (0: now); moves the slot."""
+        """
+        How much longer the holder of ``slot_id`` waits before sending (0: now); moves the slot. The
+        requests at least ``allowed`` places ahead must have been counted a window (and the edge
+        margin) before it is sent. While one of them is in flight, when the service counts it is
+        unknown until it is answered: the caller is asked to look again shortly (:attr:`recheck`), and
+        its slot moves to then, not a window later. Slots that left the window no longer count.
+        """
+        self._expire(state, now)
         need = max(now, state.paused_until)
         position = next((n for n, slot in enumerate(state.slots) if slot[0] == slot_id), -1)
         allowed = int(self.allowed(state))
         if position >= allowed:
-            # Latest time any request at least `allowed` places ahead may have been counted.
-            ahead = max(slot[1] for slot in state.slots[: position - allowed + 1])
-            need = max(need, ahead + self.period + self.margin)
+            ahead, again = self._bounded_by(state.slots[: position - allowed + 1], now)
+            # While it waits, its slot is when it looks again: requests answered meanwhile are
+            # then counted ahead of it (the store orders slots by time).
+            need = max(need, ahead, now if again is None else now + again)
         if position >= 0:
             state.slots[position][1] = max(state.slots[position][1], need)
         return need - now
@@ -153,6 +238,8 @@ class WindowRules:
         for slot in state.slots:
             if slot[0] == slot_id:
                 slot[1] = max(slot[1], now)
+                if len(slot) >= 3:
+                    slot[2] = True
                 return
 
     def cancel(self, state: WindowState, slot_id: Any) -> None:
@@ -306,7 +393,8 @@ class SlidingWindow:
         Right before sending on a reserved slot: how much longer to wait (0: send now). While the
         caller slept, requests ahead of it may have been answered later than planned (the service
         counts a request when it arrives, which can be any time until its answer) or a 429 paused
-        the key; the slot then moves later.
+        the key; the slot then moves later. A request ahead still in flight holds it back until it
+        is settled: the caller is asked to look again shortly.
         """
         with self._lock:
             return self.rules.confirm(self.state, self._clock(), reservation.slot)

@@ -8,6 +8,7 @@ changed by one atomic Lua script per step: every process on every host shares on
 
 All follow the rules of the in-process pacer (:class:`~airflow_provider_cerebraform.pacing.WindowRules`):
 sliding windows per tier and bucket, reservations of future slots spaced evenly once callers queue,
+callers held back while a request that bounds them is in flight (sent by any process, not settled),
 the pause a 429's ``Retry-After`` asks for, seen by every process, and the adaptive (AIMD) ceiling.
 ``host`` runs ``WindowRules`` itself on a :class:`~airflow_provider_cerebraform.pacing.WindowState`;
 ``redis`` runs the same rules in Lua (:data:`WINDOW_LUA`), so that a caller reserves its slot in one
@@ -244,12 +245,14 @@ class RedisStore(_Store):
             repr(rules.margin),
             "" if now is None else repr(now),
             "1" if rules.spread else "0",
+            repr(rules.bound),
+            repr(rules.recheck),
         ]
         return head + [arg if isinstance(arg, str) else repr(arg) for arg in args]
 
     @staticmethod
     def keys(window: SharedWindow) -> list[str]:
-        return [f"{window.key}:slots", window.key]
+        return [f"{window.key}:slots", window.key, f"{window.key}:unsettled"]
 
     @staticmethod
     def parse(op: str, answer: list[Any], slot_id: Any = None) -> tuple[Any, bool]:
@@ -299,20 +302,24 @@ class RedisStore(_Store):
 
 # The rules of WindowRules (pacing.py) as one atomic step in Redis. KEYS[1]: the window's reservations,
 # a sorted set of slot id -> time (sent, or answered); KEYS[2]: a hash of the adaptive ceiling
-# ('allowed'), the Retry-After pause ('paused') and the last halving ('decreased'). ARGV: operation,
-# period, ceiling, edge margin, now ('' for the server's TIME), spread ('1': space queued callers
-# evenly), then the operation's arguments. It
-# answers {flag, number, full}: reserve {admitted, delay}, confirm {1, delay}, the others {1, 0}; full
-# is 1 when the ceiling is at its maximum (no additive increase to send). Numbers go back as strings:
-# Redis would truncate Lua numbers to integers. Sorted by time rather than by reservation order, the
-# n-th latest slot is exactly what bounds the window, so a slot moved later by a late answer is
-# counted where it lands. tests/budget/test_window_lua.py checks it against WindowRules step by step.
+# ('allowed'), the Retry-After pause ('paused') and the last halving ('decreased'); KEYS[3]: the slots
+# not settled yet (not answered, nor failed), a sorted set of slot id -> the same time as in KEYS[1]
+# (a slot missing from it is settled: so are those of a window stored before it existed). ARGV:
+# operation, period, ceiling, edge margin, now ('' for the server's TIME), spread ('1': space queued
+# callers evenly), the bound of a request in flight and the re-check delay (WindowRules.bound and
+# .recheck), then the operation's arguments. It answers {flag, number, full}: reserve {admitted,
+# delay}, confirm {1, delay}, the others {1, 0}; full is 1 when the ceiling is at its maximum (no
+# additive increase to send). Numbers go back as strings: Redis would truncate Lua numbers to
+# integers. Sorted by time rather than by reservation order, the n-th latest slot is exactly what
+# bounds the window, so a slot moved later by a late answer is counted where it lands.
+# tests/budget/test_window_lua.py checks it against WindowRules step by step.
 WINDOW_LUA = """
-local slots, state = KEYS[1], KEYS[2]
+local slots, state, unsettled = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 local period, ceiling, margin = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now = tonumber(ARGV[5])
 local spread = ARGV[6] == '1'
+local bound, recheck = tonumber(ARGV[7]), tonumber(ARGV[8])
 if not now then
   local t = redis.call('TIME')
   now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -320,29 +327,55 @@ end
 local function num(x) return string.format('%.17g', x) end
 local allowed = math.min(ceiling, tonumber(redis.call('HGET', state, 'allowed')) or ceiling)
 local paused = tonumber(redis.call('HGET', state, 'paused')) or 0
+-- slots leave the window a period after their time; those in flight (unsettled, their time past), a
+-- period after their bound (WindowRules.leaves_at)
+local lingering = redis.call('ZRANGEBYSCORE', unsettled, '(' .. num(now - period - bound), num(now - period),
+  'WITHSCORES')
 redis.call('ZREMRANGEBYSCORE', slots, '-inf', num(now - period))
+redis.call('ZREMRANGEBYSCORE', unsettled, '-inf', num(now - period - bound))
+for i = 1, #lingering, 2 do redis.call('ZADD', slots, lingering[i + 1], lingering[i]) end
+-- what the slots of ranks 0..last ask of a caller they bound (WindowRules._bounded_by): the earliest
+-- time it may send as far as is known, and how soon it looks again (nil: no need) when one of them is
+-- in flight (its time past, not settled), as it is counted when it arrives: by its answer, unknown yet
+local function bounded_by(last)
+  local need, again = -math.huge, nil
+  local ahead = redis.call('ZRANGE', slots, 0, last, 'WITHSCORES')
+  for i = 1, #ahead, 2 do
+    local at = tonumber(ahead[i + 1])
+    if at <= now and redis.call('ZSCORE', unsettled, ahead[i]) then
+      -- look again until it is settled or leaves the window, a window after its bound (WindowRules.leaves_at)
+      local wait = math.min(recheck, at + bound + period - now)
+      if not again or wait < again then again = wait end
+    end
+    need = math.max(need, at + period + margin)
+  end
+  return need, again
+end
 local function confirm(id)
   local need = math.max(now, paused)
   local position = redis.call('ZRANK', slots, id)
   if position then
     local whole = math.floor(allowed)
     if position >= whole then
-      local ahead = redis.call('ZRANGE', slots, position - whole, position - whole, 'WITHSCORES')
-      need = math.max(need, tonumber(ahead[2]) + period + margin)
+      local ahead, again = bounded_by(position - whole)
+      need = math.max(need, ahead)
+      -- while it waits, its slot is when it looks again: requests answered meanwhile count ahead of it
+      if again then need = math.max(need, now + again) end
     end
     if need > tonumber(redis.call('ZSCORE', slots, id)) then
       redis.call('ZADD', slots, num(need), id)
+      redis.call('ZADD', unsettled, 'XX', num(need), id)
     end
   end
   return need - now
 end
 local flag, answer = 1, 0
 if op == 'reserve' then
-  local max_delay = tonumber(ARGV[8])
-  if redis.call('ZSCORE', slots, ARGV[7]) then
+  local max_delay = tonumber(ARGV[10])
+  if redis.call('ZSCORE', slots, ARGV[9]) then
     -- the caller's own slot, kept while it deferred: confirm it rather than queue again
-    confirm(ARGV[7])
-    answer = tonumber(redis.call('ZSCORE', slots, ARGV[7])) - now
+    local confirmed = confirm(ARGV[9])
+    answer = math.max(tonumber(redis.call('ZSCORE', slots, ARGV[9])) - now, confirmed)
     if max_delay and answer > max_delay then flag = 0 end
   else
     local whole = math.floor(allowed)
@@ -356,26 +389,37 @@ if op == 'reserve' then
         at = math.max(at, nth + period + margin)
         -- polls: once callers queue, space them evenly rather than a window's budget in one burst
         if spread then at = math.max(at, last + period / whole) end
+        if at <= now then
+          -- sent at once, it is not confirmed first: requests in flight ahead of it hold it back here
+          local need, again = bounded_by(count - whole)
+          at = math.max(at, need)
+          if again then at = math.max(at, now + again) end
+        end
       end
     end
     answer = at - now
+    local take = true
     if max_delay and answer > max_delay then
       flag = 0
       -- kept: the caller defers and comes back for it
-      if ARGV[9] == '1' then redis.call('ZADD', slots, num(at), ARGV[7]) end
-    else
-      redis.call('ZADD', slots, num(at), ARGV[7])
+      take = ARGV[11] == '1'
+    end
+    if take then
+      redis.call('ZADD', slots, num(at), ARGV[9])
+      redis.call('ZADD', unsettled, num(at), ARGV[9])
     end
   end
 elseif op == 'confirm' then
-  answer = confirm(ARGV[7])
+  answer = confirm(ARGV[9])
 elseif op == 'settle' then
-  local at = redis.call('ZSCORE', slots, ARGV[7])
+  local at = redis.call('ZSCORE', slots, ARGV[9])
   if at and now > tonumber(at) then
-    redis.call('ZADD', slots, num(now), ARGV[7])
+    redis.call('ZADD', slots, num(now), ARGV[9])
   end
+  redis.call('ZREM', unsettled, ARGV[9])
 elseif op == 'cancel' then
-  redis.call('ZREM', slots, ARGV[7])
+  redis.call('ZREM', slots, ARGV[9])
+  redis.call('ZREM', unsettled, ARGV[9])
 elseif op == 'on_success' then
   allowed = math.min(ceiling, allowed + 1 / ceiling)
   if allowed >= ceiling then
@@ -390,18 +434,21 @@ elseif op == 'on_rate_limited' then
     allowed = math.max(1, allowed / 2)
     redis.call('HSET', state, 'allowed', num(allowed), 'decreased', num(now))
   end
-  paused = math.max(paused, now + tonumber(ARGV[7]))
+  paused = math.max(paused, now + tonumber(ARGV[9]))
   redis.call('HSET', state, 'paused', num(paused))
 else
   return redis.error_reply('unknown window operation ' .. tostring(op))
 end
--- the state matters until its last slot and its pause have left the window
+-- the state matters until its last slot and its pause have left the window (an unsettled slot, its bound)
 local last = math.max(now, paused)
 local top = redis.call('ZRANGE', slots, -1, -1, 'WITHSCORES')
 if top[2] then last = math.max(last, tonumber(top[2])) end
+local pending = redis.call('ZRANGE', unsettled, -1, -1, 'WITHSCORES')
+if pending[2] then last = math.max(last, tonumber(pending[2]) + bound) end
 local ttl = math.ceil((last - now + period + 1) * 1000)
 redis.call('PEXPIRE', slots, ttl)
 redis.call('PEXPIRE', state, ttl)
+redis.call('PEXPIRE', unsettled, ttl)
 local full = 0
 if allowed >= ceiling then full = 1 end
 return {flag, num(answer), full}

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from airflow_provider_cerebraform.budget import RedisStore, SharedWindow
-from airflow_provider_cerebraform.pacing import WindowState
+from airflow_provider_cerebraform.pacing import WindowState, settled
 
 if TYPE_CHECKING:
     from airflow_provider_cerebraform.budget.redis_server import RedisServer
@@ -70,6 +70,47 @@ UNSPREAD_STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
     (25.0, "reserve", ("g", None)),
 ]
 
+# Requests in flight (sent, not answered yet) hold back the callers they bound until they are settled
+# (or, never settled, until they leave the window a window after their bound): the caller is told to
+# look again shortly, its slot moved to then; a reservation that would go at once is held back too.
+IN_FLIGHT_STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
+    (0.0, "reserve", ("a", None)),
+    (0.0, "reserve", ("b", None)),
+    (0.0, "reserve", ("c", None)),
+    (0.0, "reserve", ("d", None)),
+    (0.0, "reserve", ("e", None)),
+    (0.0, "reserve", ("k", 5.0, True)),
+    (10.1, "confirm", ("d",)),  # "a" in flight
+    (10.6, "confirm", ("d",)),
+    (10.8, "settle", ("a",)),
+    (10.9, "settle", ("b",)),
+    (11.0, "settle", ("c",)),
+    (11.05, "confirm", ("d",)),  # a window after the answer
+    # Never settled: "p" holds "s" back until it leaves the window, a window after its bound.
+    (100.0, "reserve", ("p", None)),
+    (100.0, "reserve", ("q", None)),
+    (100.0, "reserve", ("r", None)),
+    (100.0, "reserve", ("s", None)),
+    (110.1, "confirm", ("s",)),
+    (115.0, "confirm", ("s",)),
+    (119.5, "confirm", ("s",)),
+    (120.0, "confirm", ("s",)),
+    # A reservation that would go at once, behind a request in flight for more than a window.
+    (200.0, "reserve", ("u", None)),
+    (200.0, "reserve", ("v", None)),
+    (200.0, "reserve", ("w", None)),
+    (206.0, "settle", ("v",)),
+    (207.0, "settle", ("w",)),
+    (212.0, "reserve", ("x", None)),
+    (215.0, "confirm", ("x",)),
+    (220.0, "confirm", ("x",)),
+]
+STEP_LISTS = {
+    "spread": (STEPS, True),
+    "unspread": (UNSPREAD_STEPS, False),
+    "in-flight": (IN_FLIGHT_STEPS, True),
+}
+
 
 def _window(redis_server: RedisServer, spread: bool = True) -> SharedWindow:
     # Spread: polls, queued callers spaced evenly; unspread: creations, each slot as soon as it frees.
@@ -115,19 +156,27 @@ def _lua_step(window: SharedWindow, now: float, op: str, args: tuple[Any, ...]) 
     return result
 
 
-@pytest.mark.parametrize("spread", [True, False], ids=["spread", "unspread"])
-def test_the_script_follows_the_window_rules_step_by_step(redis_server: RedisServer, spread: bool) -> None:
+@pytest.mark.parametrize("steps", list(STEP_LISTS))
+def test_the_script_follows_the_window_rules_step_by_step(redis_server: RedisServer, steps: str) -> None:
+    step_list, spread = STEP_LISTS[steps]
     window = _window(redis_server, spread)
     state = WindowState()
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    slots_key, state_key = RedisStore.keys(window)
-    for now, op, args in STEPS if spread else UNSPREAD_STEPS:
+    slots_key, state_key, unsettled_key = RedisStore.keys(window)
+    answers = []
+    for now, op, args in step_list:
         expected = _python_step(window, state, now, op, args)
         assert _lua_step(window, now, op, args) == expected, (now, op, args)
-        live = [slot for slot in state.slots if slot[1] > now - PERIOD]
+        answers.append(expected)
+        live = [slot for slot in state.slots if not window.rules.expired(slot, now)]
         stored = client.zrange(slots_key, 0, -1, withscores=True)
-        assert sorted((round(at, 6), slot_id) for slot_id, at in live) == sorted(
+        assert sorted((round(slot[1], 6), slot[0]) for slot in live) == sorted(
             (round(at, 6), slot_id) for slot_id, at in stored
+        ), (now, op, args)
+        # The slots not settled yet (sent and not answered, or not sent yet), at the same times.
+        unsettled = client.zrange(unsettled_key, 0, -1, withscores=True)
+        assert sorted((round(slot[1], 6), slot[0]) for slot in live if not settled(slot)) == sorted(
+            (round(at, 6), slot_id) for slot_id, at in unsettled
         ), (now, op, args)
         meta = client.hgetall(state_key)
         assert float(meta.get("paused", 0)) == pytest.approx(state.paused_until), (now, op)
@@ -135,6 +184,16 @@ def test_the_script_follows_the_window_rules_step_by_step(redis_server: RedisSer
         assert float(meta.get("allowed", window.ceiling)) == pytest.approx(allowed), (now, op)
     # Nothing is kept longer than it matters: the keys expire a window after their last slot.
     assert 0 < client.pttl(slots_key) <= (PERIOD + 1) * 1000 + 40_000
+    if steps == "in-flight":
+        recheck, margin = window.rules.recheck, window.rules.margin
+        confirms = [answer for answer, (_, op, _) in zip(answers, step_list, strict=True) if op == "confirm"]
+        # "d": held twice, then a window after "a"'s answer; "s": held until "p" leaves, then sent;
+        # "x": held at once (reserve), again, then sent when "u" leaves.
+        assert confirms == pytest.approx(
+            [recheck, recheck, 10.8 + PERIOD + margin - 11.05, recheck, recheck, 0.5, 0.0, recheck, 0.0]
+        )
+        assert answers[step_list.index((212.0, "reserve", ("x", None)))] == (pytest.approx(recheck), True)
+        assert client.pttl(unsettled_key) > 0  # "x", sent and never settled, until it leaves the window
 
 
 def test_one_reservation_is_one_round_trip(window: SharedWindow, redis_server: RedisServer) -> None:
@@ -170,3 +229,14 @@ async def test_a_thousand_waits_on_one_loop_stay_on_the_shared_budget(
     delays = sorted(r.delay for r in reservations)
     # All of them queued in one window, a third of the period apart once the first 3 are taken.
     assert delays[-1] == pytest.approx(PERIOD + window.rules.margin + (1000 - 4) * PERIOD / LIMIT, rel=0.01)
+
+
+def test_slots_stored_before_the_unsettled_set_count_as_settled(
+    window: SharedWindow, redis_server: RedisServer
+) -> None:
+    # A window written by the script before it kept the unsettled slots: nothing holds the caller back.
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    slots_key, _state_key, unsettled_key = RedisStore.keys(window)
+    client.zadd(slots_key, {"a": 0.0, "b": 0.5, "c": 1.0, "d": 10.1})
+    assert _lua_step(window, 10.2, "confirm", ("d",)) == 0.0
+    assert client.exists(unsettled_key) == 0
