@@ -58,7 +58,7 @@ from airflow_provider_cerebraform.models import (
     TaskState,
     TaskStatus,
 )
-from airflow_provider_cerebraform.pacing import Pacer, PacerCall, pace, pacer_for
+from airflow_provider_cerebraform.pacing import Pacer, PacerCall, Reservation, Window, pace, pacer_for
 from airflow_provider_cerebraform.validation import validate_kind, validate_request_id
 
 T = TypeVar("T")
@@ -295,23 +295,7 @@ class CerebraformProtocol:
                 )
             # Only the first request may take a kept slot: once sent, that slot is spent.
             hold = None
-            delay = reservation.delay
-            paced = 0.0
-            while delay > 0:
-                wait_left = self.retry.wait_left(waited)
-                if wait_left is not None and delay > wait_left:
-                    yield from pace(window, "cancel", reservation)
-                    raise self._paced_out(request, delay)
-                waited += delay
-                paced += delay
-                yield Sleep(delay)
-                # Requests ahead answered late, or a 429 elsewhere paused this key: the slot moves.
-                delay = yield from pace(window, "confirm", reservation)
-            if paced:
-                metrics.incr(metrics.PACED_WAITS, bucket=request.bucket.value)
-                metrics.timing(metrics.PACED_WAIT_TIME, paced, bucket=request.bucket.value)
-            outcome = yield Send(request)
-            yield from pace(window, "settle", reservation)
+            outcome, waited = yield from self._send_in_slot(window, request, reservation, waited)
             if isinstance(outcome, TransportFailure):
                 if (
                     not self._may_retry_failure(request, outcome)
@@ -340,6 +324,46 @@ class CerebraformProtocol:
                 yield from pace(window, "on_success")
                 return parse(outcome)
             raise self._error(request, outcome)
+
+    def _send_in_slot(
+        self, window: Window, request: ApiRequest, reservation: Reservation, waited: float
+    ) -> Generator[Step, Outcome, tuple[Outcome, float]]:
+        """
+        Wait for the reserved slot, send, and settle the slot: (the outcome, the time waited so far).
+        A conversation abandoned on the way (its task or trigger cancelled while it slept or sent)
+        gives its slot back, or settles it if the request may have left: an unsettled slot would hold
+        the callers behind it back for a while (``WindowRules.bound``). Only an in-memory window can be
+        told so here; a shared budget's steps are I/O that the abandoned caller no longer runs, and
+        its bound covers it.
+        """
+        sending = settled = False
+        try:
+            delay = reservation.delay
+            paced = 0.0
+            while delay > 0:
+                wait_left = self.retry.wait_left(waited)
+                if wait_left is not None and delay > wait_left:
+                    yield from pace(window, "cancel", reservation)
+                    raise self._paced_out(request, delay)
+                waited += delay
+                paced += delay
+                yield Sleep(delay)
+                # Requests ahead answered late, or a 429 elsewhere paused this key: the slot moves.
+                delay = yield from pace(window, "confirm", reservation)
+            if paced:
+                metrics.incr(metrics.PACED_WAITS, bucket=request.bucket.value)
+                metrics.timing(metrics.PACED_WAIT_TIME, paced, bucket=request.bucket.value)
+            sending = True
+            outcome = yield Send(request)
+            yield from pace(window, "settle", reservation)
+            settled = True
+            return outcome, waited
+        finally:
+            if not settled and not window.does_io:
+                if sending:
+                    window.settle(reservation)
+                else:
+                    window.cancel(reservation)
 
     @staticmethod
     def _may_retry_failure(request: ApiRequest, failure: TransportFailure) -> bool:

@@ -22,7 +22,7 @@ from airflow_provider_cerebraform.exceptions import (
     CerebraformSubmissionUncertainError,
     CerebraformTransportError,
 )
-from airflow_provider_cerebraform.models import ConnectionSettings, TaskStatus, Tier
+from airflow_provider_cerebraform.models import Bucket, ConnectionSettings, TaskStatus, Tier
 from airflow_provider_cerebraform.pacing import KeyPacer
 from airflow_provider_cerebraform.validation import build_submission
 
@@ -207,6 +207,27 @@ def test_pacing_refuses_before_sending_when_the_slot_is_too_far():
     with pytest.raises(CerebraformRateLimitError, match="free tier's create limit") as raised:
         drive(conversation, [])
     assert raised.value.retry_after > 3500
+
+
+def test_an_abandoned_conversation_gives_its_slot_back_or_settles_it():
+    """A trigger cancelled while it waits for its slot, or while its request is out, leaves no slot
+    that would hold the callers behind it back (an unsettled slot in the past counts as in flight)."""
+    p = protocol(max_wait=None, tier=Tier.FREE)
+    window = p.pacer.window(Bucket.POLL)
+    for number in range(20):  # the free tier's 20 polls a minute
+        drive(p.status("image", f"r{number}"), [answer(200, {"status": 0})])
+    waiting = p.status("image", "waiting")
+    assert isinstance(waiting.send(None), Sleep)  # queued behind the full window
+    assert len(window.state.slots) == 21
+    waiting.close()  # cancelled while it sleeps: the slot is given back
+    assert len(window.state.slots) == 20
+
+    CLOCK.now += 61.0
+    sending = p.status("image", "sending")
+    assert isinstance(sending.send(None), Send)
+    sending.close()  # cancelled while its request is out: it may have arrived, so it is settled
+    (slot,) = [slot for slot in window.state.slots if slot[1] > CLOCK.now - 60]
+    assert slot[2] is True and slot[1] == CLOCK.now
 
 
 @pytest.mark.parametrize(
