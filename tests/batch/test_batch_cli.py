@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_2_PLUS, AIRFLOW_V_3_3_PLUS
+
 from .conftest import CONN_ENV, partial_files, results
 
 if TYPE_CHECKING:
@@ -75,6 +77,12 @@ def _files(output: Path) -> dict[str, tuple[int, int, str]]:
     }
 
 
+@pytest.mark.skipif(
+    AIRFLOW_V_3_2_PLUS and not AIRFLOW_V_3_3_PLUS,
+    reason="Airflow 3.2's `airflow dags test` builds an in-process execution API per task that is garbage "
+    "collected while the task uses it (\"'State' object has no attribute 'svcs_registry'\"): an Airflow bug, "
+    "fixed in 3.3; the pytest harness corrects it (docs/installing.md), the CLI cannot be",
+)
 @pytest.mark.timeout(600)  # two `airflow dags test` processes; minutes at a load of 15 and more
 def test_airflow_dags_test_of_a_users_batch_dag_stores_every_prompt_and_a_rerun_submits_nothing(
     batch_emulator: BatchEmulator, airflow_db: Path, tmp_path: Path

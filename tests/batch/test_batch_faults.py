@@ -160,6 +160,8 @@ def test_the_creation_window_is_waited_out_in_the_triggerer_without_429s(
 
 KILLED_FIRST_TRY = """
 import importlib.util, sys
+from airflow_provider_cerebraform.emulator.airflow_home import make_dag_test_like_a_worker
+make_dag_test_like_a_worker()  # before 3.3, dag.test()'s in-process API is otherwise collected mid-task
 spec = importlib.util.spec_from_file_location("batch_dags", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
