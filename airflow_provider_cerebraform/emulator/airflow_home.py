@@ -290,8 +290,8 @@ class AirflowHome:
 
 def make_dag_test_like_a_worker() -> None:
     """
-    Before Airflow 3.3, ``dag.test()`` differs from a worker in two ways that break tests of a task's
-    failures; fix both in this process (only the test harness changes, a real worker already does this):
+    Before Airflow 3.3, ``dag.test()`` differs from a worker in ways that break tests of a task's
+    failures; fix them in this process (only the test harness changes, a real worker already does this):
 
     - It builds a new in-process execution API (``InProcessExecutionAPI``) for every task, which
       nothing references once the task's client is built: when that is garbage collected, the app's
@@ -302,6 +302,8 @@ def make_dag_test_like_a_worker() -> None:
       (``lru_cache(maxsize=1)`` on ``in_process_api_server``).
     - It runs ``on_failure_callback`` / ``on_retry_callback`` without the task's exception in
       ``context["exception"]`` (None on 3.0 to 3.2); a worker sets it, and so does 3.3's ``dag.test()``.
+    - On 3.0 only, a sensor in ``mode="reschedule"`` gets its first reschedule date as a string
+      (:func:`_validate_reschedule_start_dates`).
     """
     from airflow_provider_cerebraform.version_compat import AIRFLOW_V_3_1_PLUS, AIRFLOW_V_3_3_PLUS
 
