@@ -153,12 +153,13 @@ class WindowRules:
     def _expire(self, state: WindowState, now: float) -> None:
         state.slots[:] = [slot for slot in state.slots if not self.expired(slot, now)]
 
-    def _bounded_by(self, ahead: list[list[Any]], now: float) -> tuple[float, float | None]:
+    def _bounded_by(self, ahead: list[list[Any]], now: float) -> float:
         """
         What the slots ``ahead`` (those at least ``allowed`` places ahead of a caller) ask of it: the
-        earliest time it may send as far as is known, and how soon it looks again (None: no need) while
-        one of them is in flight. That one arrived no earlier than its slot's time, so the caller waits
-        at least a window after that, and looks again until it is settled or leaves the window.
+        earliest time it may send as far as is known or, while one of them is in flight, the time it
+        looks again if that is later. The one in flight arrived no earlier than its slot's time, so the
+        caller waits at least a window after that, and looks again until it is settled or leaves the
+        window.
         """
         need = -math.inf
         again: float | None = None
@@ -167,7 +168,7 @@ class WindowRules:
                 wait = min(self.recheck, self.leaves_at(slot, now) - now)
                 again = wait if again is None else min(again, wait)
             need = max(need, slot[1] + self.period + self.margin)
-        return need, again
+        return need if again is None else max(need, now + again)
 
     def reserve(
         self, state: WindowState, now: float, slot_id: Any, max_delay: float | None, keep: bool = False
@@ -192,7 +193,6 @@ class WindowRules:
         # waited for a request in flight, a late answer), as the shared store counts them by time.
         last = max((slot[1] for slot in slots), default=-math.inf)
         at = max(at, last)
-        again: float | None = None
         if len(slots) >= allowed:
             at = max(at, slots[-allowed][1] + self.period + self.margin)
             if self.spread:
@@ -202,9 +202,8 @@ class WindowRules:
                 at = max(at, last + self.period / allowed)
             if at <= now:
                 # Sent at once, it is not confirmed first: the requests in flight ahead of it (for more
-                # than a window: rare) hold it back here, and then its caller confirms after `again`.
-                need, again = self._bounded_by(slots[: len(slots) - allowed + 1], now)
-                at = max(at, need, now if again is None else now + again)
+                # than a window: rare) hold it back here, and its caller confirms after the delay.
+                at = max(at, self._bounded_by(slots[: len(slots) - allowed + 1], now))
         delay = at - now
         if max_delay is not None and delay > max_delay:
             if keep:
@@ -226,10 +225,9 @@ class WindowRules:
         position = next((n for n, slot in enumerate(state.slots) if slot[0] == slot_id), -1)
         allowed = int(self.allowed(state))
         if position >= allowed:
-            ahead, again = self._bounded_by(state.slots[: position - allowed + 1], now)
             # While it waits, its slot is when it looks again: requests answered meanwhile are
             # then counted ahead of it (the store orders slots by time).
-            need = max(need, ahead, now if again is None else now + again)
+            need = max(need, self._bounded_by(state.slots[: position - allowed + 1], now))
         if position >= 0:
             state.slots[position][1] = max(state.slots[position][1], need)
         return need - now

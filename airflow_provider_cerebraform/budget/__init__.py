@@ -335,8 +335,8 @@ redis.call('ZREMRANGEBYSCORE', slots, '-inf', num(now - period))
 redis.call('ZREMRANGEBYSCORE', unsettled, '-inf', num(now - period - bound))
 for i = 1, #lingering, 2 do redis.call('ZADD', slots, lingering[i + 1], lingering[i]) end
 -- what the slots of ranks 0..last ask of a caller they bound (WindowRules._bounded_by): the earliest
--- time it may send as far as is known, and how soon it looks again (nil: no need) when one of them is
--- in flight (its time past, not settled), as it is counted when it arrives: by its answer, unknown yet
+-- time it may send as far as is known or, when one of them is in flight (its time past, not settled),
+-- the time it looks again if later, as that one is counted when it arrives: by its answer, unknown yet
 local function bounded_by(last)
   local need, again = -math.huge, nil
   local ahead = redis.call('ZRANGE', slots, 0, last, 'WITHSCORES')
@@ -349,7 +349,8 @@ local function bounded_by(last)
     end
     need = math.max(need, at + period + margin)
   end
-  return need, again
+  if again then need = math.max(need, now + again) end
+  return need
 end
 local function confirm(id)
   local need = math.max(now, paused)
@@ -357,10 +358,8 @@ local function confirm(id)
   if position then
     local whole = math.floor(allowed)
     if position >= whole then
-      local ahead, again = bounded_by(position - whole)
-      need = math.max(need, ahead)
       -- while it waits, its slot is when it looks again: requests answered meanwhile count ahead of it
-      if again then need = math.max(need, now + again) end
+      need = math.max(need, bounded_by(position - whole))
     end
     if need > tonumber(redis.call('ZSCORE', slots, id)) then
       redis.call('ZADD', slots, num(need), id)
@@ -391,9 +390,7 @@ if op == 'reserve' then
         if spread then at = math.max(at, last + period / whole) end
         if at <= now then
           -- sent at once, it is not confirmed first: requests in flight ahead of it hold it back here
-          local need, again = bounded_by(count - whole)
-          at = math.max(at, need)
-          if again then at = math.max(at, now + again) end
+          at = math.max(at, bounded_by(count - whole))
         end
       end
     end
