@@ -336,7 +336,7 @@ class CerebraformProtocol:
         told so here; a shared budget's steps are I/O that the abandoned caller no longer runs, and
         its bound covers it.
         """
-        sending = settled = False
+        sending = released = False
         try:
             delay = reservation.delay
             paced = 0.0
@@ -344,6 +344,7 @@ class CerebraformProtocol:
                 wait_left = self.retry.wait_left(waited)
                 if wait_left is not None and delay > wait_left:
                     yield from pace(window, "cancel", reservation)
+                    released = True
                     raise self._paced_out(request, delay)
                 waited += delay
                 paced += delay
@@ -356,10 +357,10 @@ class CerebraformProtocol:
             sending = True
             outcome = yield Send(request)
             yield from pace(window, "settle", reservation)
-            settled = True
+            released = True
             return outcome, waited
         finally:
-            if not settled and not window.does_io:
+            if not released and not window.does_io:
                 if sending:
                     window.settle(reservation)
                 else:
