@@ -2,8 +2,9 @@
 ``python -m benchmarks run [--smoke] [--only 1,3] [--set FIELD=VALUE ...] [--output FILE] [--json FILE]
 [--keep]``
 
-Runs the benchmarks against the emulator on loopback and writes one markdown report: the full size
-to ``docs/benchmarks.md`` by default, the smoke size to stdout unless ``--output`` is given.
+Runs the benchmarks against the emulator on loopback and writes one markdown report: every benchmark
+at the full size to ``docs/benchmarks.md`` by default; the smoke size, or a part (``--only``), to
+stdout unless ``--output`` is given, so that a part never replaces the whole report.
 """
 
 from __future__ import annotations
@@ -64,9 +65,9 @@ def render(
         "Generated; do not edit by hand. To refresh it, run from the repository root:",
         "",
         "```bash",
-        ".venv/bin/python -m benchmarks run            # the full size, about 10 minutes here",
+        ".venv/bin/python -m benchmarks run            # the full size, about 35 minutes here",
         ".venv/bin/python -m benchmarks run --smoke    # every benchmark at a tiny size (CI runs it)",
-        ".venv/bin/python -m benchmarks run --only 1,3 # some of them",
+        ".venv/bin/python -m benchmarks run --only 7 --output /tmp/s7.md  # some of them, to a file",
         "```",
         "",
         f"- Command of this report: `{command}`",
@@ -135,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         help="override a field of the profile (benchmarks/profiles.py), e.g. batch_sizes=1000 or "
         "batch_time_scale=36; a tuple of numbers is comma-separated",
     )
-    run.add_argument("--output", type=Path, help=f"report file (full size default: {DEFAULT_OUTPUT})")
+    run.add_argument(
+        "--output", type=Path, help=f"report file (default: {DEFAULT_OUTPUT} for a full run, else stdout)"
+    )
     run.add_argument("--json", type=Path, help="also write the plain figures as JSON")
     run.add_argument("--keep", action="store_true", help="keep the work directory with every log")
     args = parser.parse_args(argv)
@@ -146,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     numbers = [int(n) for n in args.only.split(",") if n.strip()] or [
         n for n in sorted(NAMES) if not (args.smoke and n in HEAVY)
     ]
-    output = args.output or (None if args.smoke else DEFAULT_OUTPUT)
+    output = args.output or (None if args.smoke or args.only.strip() else DEFAULT_OUTPUT)
     # Benchmarks must not see a developer's Airflow home or connections.
     work = Path(tempfile.mkdtemp(prefix="cerebraform-bench-"))
     os.environ["AIRFLOW_HOME"] = str(work / "airflow-home")
