@@ -16,7 +16,10 @@ well after its slot's time (on a loaded event loop or against a slow service tha
 the next window's request then arrived less than a window after it: a 429). A request never settled
 (its process died, its trigger was cancelled, a deferred task never came back for its kept slot) is
 taken to have arrived at most ``WindowRules.bound`` after its slot's time, so that it holds the
-window back for a while, never for good.
+window back for a while, never for good. Slots are ranked by time, not by when they were reserved, and
+a caller that looks late is ranked at the time it looks: ranked at its planned time, it did not count
+the requests sent meanwhile by callers planned before it but sent late too, and on a busy event loop
+(a thousand waits, one ``redis`` budget) the window took more than its limit.
 
 Several processes on one key (HA triggerers, many workers) each take ``rate_share`` of the limit,
 and every process adapts: a 429 halves its rate and pauses the bucket for ``Retry-After``
@@ -189,12 +192,14 @@ class WindowRules:
             return delay, max_delay is None or delay <= max_delay
         allowed = int(self.allowed(state))
         at = max(now, state.paused_until)
-        # No earlier than the latest slot (the last reserved, or one moved later since: a caller that
-        # waited for a request in flight, a late answer), as the shared store counts them by time.
-        last = max((slot[1] for slot in slots), default=-math.inf)
+        # The window counts requests by when they are sent, so slots are ranked by time, not by when
+        # they were reserved (a slot moves later when its caller confirms late or its answer comes late).
+        by_time = sorted(slots, key=lambda slot: slot[1])
+        # No earlier than the latest slot.
+        last = by_time[-1][1] if by_time else -math.inf
         at = max(at, last)
         if len(slots) >= allowed:
-            at = max(at, slots[-allowed][1] + self.period + self.margin)
+            at = max(at, by_time[-allowed][1] + self.period + self.margin)
             if self.spread:
                 # Once callers queue, space them evenly instead of releasing each window's budget
                 # in one burst: many waiters then get polled in turn every K/B minutes, not once a
@@ -203,7 +208,7 @@ class WindowRules:
             if at <= now:
                 # Sent at once, it is not confirmed first: the requests in flight ahead of it (for more
                 # than a window: rare) hold it back here, and its caller confirms after the delay.
-                at = max(at, self._bounded_by(slots[: len(slots) - allowed + 1], now))
+                at = max(at, self._bounded_by(by_time[: len(slots) - allowed + 1], now))
         delay = at - now
         if max_delay is not None and delay > max_delay:
             if keep:
@@ -222,14 +227,22 @@ class WindowRules:
         """
         self._expire(state, now)
         need = max(now, state.paused_until)
-        position = next((n for n, slot in enumerate(state.slots) if slot[0] == slot_id), -1)
-        allowed = int(self.allowed(state))
-        if position >= allowed:
-            # While it waits, its slot is when it looks again: requests answered meanwhile are
-            # then counted ahead of it (the store orders slots by time).
-            need = max(need, self._bounded_by(state.slots[: position - allowed + 1], now))
-        if position >= 0:
-            state.slots[position][1] = max(state.slots[position][1], need)
+        mine = next((slot for slot in state.slots if slot[0] == slot_id), None)
+        if mine is not None:
+            # It is sent no earlier than now: ranked at its planned time instead, a caller that looks
+            # late (a busy event loop) would not count the requests sent since by callers behind it,
+            # and the window would take more than its limit.
+            mine[1] = max(mine[1], now)
+            ahead = sorted(
+                (slot for slot in state.slots if slot is not mine and slot[1] <= mine[1]),
+                key=lambda slot: slot[1],
+            )
+            allowed = int(self.allowed(state))
+            if len(ahead) >= allowed:
+                # While it waits, its slot is when it looks again: requests answered meanwhile are
+                # then counted ahead of it.
+                need = max(need, self._bounded_by(ahead[: len(ahead) - allowed + 1], now))
+            mine[1] = max(mine[1], need)
         return need - now
 
     def settle(self, state: WindowState, now: float, slot_id: Any) -> None:

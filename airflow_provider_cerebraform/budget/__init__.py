@@ -337,34 +337,48 @@ for i = 1, #lingering, 2 do redis.call('ZADD', slots, lingering[i + 1], lingerin
 -- what the slots of ranks 0..last ask of a caller they bound (WindowRules._bounded_by): the earliest
 -- time it may send as far as is known or, when one of them is in flight (its time past, not settled),
 -- the time it looks again if later, as that one is counted when it arrives: by its answer, unknown yet
-local function bounded_by(last)
+local function bounded_by(last, skip)
   local need, again = -math.huge, nil
-  local ahead = redis.call('ZRANGE', slots, 0, last, 'WITHSCORES')
+  -- ranks 0..last, not counting the caller's own slot (skip) should a tie rank it among them
+  local ahead = redis.call('ZRANGE', slots, 0, skip and last + 1 or last, 'WITHSCORES')
+  local taken = 0
   for i = 1, #ahead, 2 do
-    local at = tonumber(ahead[i + 1])
-    if at <= now and redis.call('ZSCORE', unsettled, ahead[i]) then
-      -- look again until it is settled or leaves the window, a window after its bound (WindowRules.leaves_at)
-      local wait = math.min(recheck, at + bound + period - now)
-      if not again or wait < again then again = wait end
+    if taken > last then break end
+    if ahead[i] ~= skip then
+      taken = taken + 1
+      local at = tonumber(ahead[i + 1])
+      if at <= now and redis.call('ZSCORE', unsettled, ahead[i]) then
+        -- look again until it is settled or leaves the window (WindowRules.leaves_at)
+        local wait = math.min(recheck, at + bound + period - now)
+        if not again or wait < again then again = wait end
+      end
+      need = math.max(need, at + period + margin)
     end
-    need = math.max(need, at + period + margin)
   end
   if again then need = math.max(need, now + again) end
   return need
 end
+local function move(id, at)
+  redis.call('ZADD', slots, num(at), id)
+  redis.call('ZADD', unsettled, 'XX', num(at), id)
+end
 local function confirm(id)
   local need = math.max(now, paused)
-  local position = redis.call('ZRANK', slots, id)
-  if position then
+  local at = tonumber(redis.call('ZSCORE', slots, id))
+  if at then
+    -- it is sent no earlier than now, and ranked there: see WindowRules.confirm
+    if at < now then
+      at = now
+      move(id, at)
+    end
+    -- the slots no later than it (ties included), but itself
+    local ahead = redis.call('ZCOUNT', slots, '-inf', num(at)) - 1
     local whole = math.floor(allowed)
-    if position >= whole then
+    if ahead >= whole then
       -- while it waits, its slot is when it looks again: requests answered meanwhile count ahead of it
-      need = math.max(need, bounded_by(position - whole))
+      need = math.max(need, bounded_by(ahead - whole, id))
     end
-    if need > tonumber(redis.call('ZSCORE', slots, id)) then
-      redis.call('ZADD', slots, num(need), id)
-      redis.call('ZADD', unsettled, 'XX', num(need), id)
-    end
+    if need > at then move(id, need) end
   end
   return need - now
 end

@@ -105,10 +105,30 @@ IN_FLIGHT_STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
     (215.0, "confirm", ("x",)),
     (220.0, "confirm", ("x",)),
 ]
+# Callers that look late (a busy event loop): "x" and "y" are both due while "b" and "c", answered at
+# 9.7, are still in the window. Each is ranked at the time it is sent, so "x", looking first, counts "y"
+# (due, so maybe on its way) and waits for "b" to leave; "y" goes; "x" then counts "y". Ranked at their
+# planned times instead, neither counted the other and both went at once: four requests in a window of
+# three, the 429s of the polling benchmark with one redis budget.
+LATE_STEPS: list[tuple[float, str, tuple[Any, ...]]] = [
+    (0.0, "reserve", ("a", None)),
+    (0.0, "settle", ("a",)),
+    (9.0, "reserve", ("b", None)),
+    (9.0, "reserve", ("c", None)),
+    (9.0, "reserve", ("x", None)),
+    (9.0, "reserve", ("y", None)),
+    (9.7, "settle", ("b",)),
+    (9.7, "settle", ("c",)),
+    (19.5, "confirm", ("x",)),
+    (19.6, "confirm", ("y",)),
+    (19.65, "settle", ("y",)),
+    (19.8, "confirm", ("x",)),
+]
 STEP_LISTS = {
     "spread": (STEPS, True),
     "unspread": (UNSPREAD_STEPS, False),
     "in-flight": (IN_FLIGHT_STEPS, True),
+    "late": (LATE_STEPS, True),
 }
 
 
@@ -194,6 +214,10 @@ def test_the_script_follows_the_window_rules_step_by_step(redis_server: RedisSer
         )
         assert answers[step_list.index((212.0, "reserve", ("x", None)))] == (pytest.approx(recheck), True)
         assert client.pttl(unsettled_key) > 0  # "x", sent and never settled, until it leaves the window
+    if steps == "late":
+        margin = window.rules.margin
+        confirms = [answer for answer, (_, op, _) in zip(answers, step_list, strict=True) if op == "confirm"]
+        assert confirms == pytest.approx([9.7 + PERIOD + margin - 19.5, 0.0, 0.0])
 
 
 def test_one_reservation_is_one_round_trip(window: SharedWindow, redis_server: RedisServer) -> None:

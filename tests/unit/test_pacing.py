@@ -161,6 +161,7 @@ def test_a_request_in_flight_ahead_holds_the_caller_until_it_is_settled():
     margin, recheck = window.rules.margin, window.rules.recheck
     clock.now += 2.0
     window.settle(second)  # the second is answered 2 s later (in the window at the third's turn)
+    second_at = clock.now
     assert 0 < recheck <= 1.0
     clock.now = start + third.delay  # the third's turn: a window after the first was sent
     # The first may arrive any time until its answer: the third looks again shortly...
@@ -169,13 +170,13 @@ def test_a_request_in_flight_ahead_holds_the_caller_until_it_is_settled():
     assert window.confirm(third) == pytest.approx(recheck)
     # ...and its slot moves to when it looks again, not a window out.
     assert window.state.slots[2][1] == pytest.approx(clock.now + recheck)
-    # Answered (so counted) 0.7 s late: the third goes a window (and the margin) after that.
+    # Answered 0.7 s late, the first is counted by its answer, after the second: the window then holds
+    # two requests until the second leaves it, and the third goes a window (and the margin) after that.
     clock.now += 0.2
     window.settle(first)
-    settled_at = clock.now
     clock.now += 0.1
-    assert window.confirm(third) == pytest.approx(settled_at + 10.0 + margin - clock.now)
-    clock.now = settled_at + 10.0 + margin
+    assert window.confirm(third) == pytest.approx(second_at + 10.0 + margin - clock.now)
+    clock.now = second_at + 10.0 + margin
     assert window.confirm(third) == 0.0
 
 
@@ -211,8 +212,8 @@ def test_a_request_in_flight_for_more_than_a_window_holds_a_reservation_that_wou
     rules.settle(state, 2.5, "b")  # answered late: still in the window
     delay, admitted = rules.reserve(state, 12.0, "c", None)  # "a" still in flight
     assert admitted and delay == pytest.approx(rules.recheck)
-    rules.settle(state, 12.1, "a")
-    assert rules.confirm(state, 12.4, "c") == pytest.approx(12.1 + 10.0 + rules.margin - 12.4)
+    rules.settle(state, 12.1, "a")  # counted by its answer: after "b", which now bounds "c"
+    assert rules.confirm(state, 12.4, "c") == pytest.approx(2.5 + 10.0 + rules.margin - 12.4)
 
 
 def test_a_kept_slot_not_sent_yet_bounds_the_callers_behind_it_by_its_time():
