@@ -72,8 +72,8 @@ class WindowState:
     """
     What a window remembers, as plain data so that a shared store can keep it (``budget``).
 
-    :param slots: ``[slot id, time, settled]`` of each reserved request, in the order they were
-        reserved; the time is when it is (or was) sent, later when it was answered; ``settled`` is
+    :param slots: ``[slot id, time, settled]`` of each reserved request (the rules rank them by
+        time); the time is when it is (or was) sent, later when it was answered; ``settled`` is
         whether it was answered (or failed). A slot without the flag (a state stored before it, a
         request remembered from another process) was.
     :param allowed: the adaptive ceiling (None: the full ceiling).
@@ -229,9 +229,10 @@ class WindowRules:
         need = max(now, state.paused_until)
         mine = next((slot for slot in state.slots if slot[0] == slot_id), None)
         if mine is not None:
-            # It is sent no earlier than now: ranked at its planned time instead, a caller that looks
-            # late (a busy event loop) would not count the requests sent since by callers behind it,
-            # and the window would take more than its limit.
+            # It is sent no earlier than now, so it is ranked there. Ranked at its planned time, a caller
+            # that looks late (a busy event loop) missed the requests that other late callers, planned
+            # before it, sent meanwhile (their slots moved past its planned time): neither counted the
+            # other, and the window took more than its limit.
             mine[1] = max(mine[1], now)
             ahead = sorted(
                 (slot for slot in state.slots if slot is not mine and slot[1] <= mine[1]),
