@@ -156,17 +156,17 @@ class WindowRules:
     def _expire(self, state: WindowState, now: float) -> None:
         state.slots[:] = [slot for slot in state.slots if not self.expired(slot, now)]
 
-    def _bounded_by(self, ahead: list[list[Any]], now: float) -> float:
+    def _bounded_by(self, earlier: list[list[Any]], allowed: int, now: float) -> float:
         """
-        What the slots ``ahead`` (those at least ``allowed`` places ahead of a caller) ask of it: the
-        earliest time it may send as far as is known or, while one of them is in flight, the time it
-        looks again if that is later. The one in flight arrived no earlier than its slot's time, so the
-        caller waits at least a window after that, and looks again until it is settled or leaves the
-        window.
+        What the slots ``earlier`` (those sent, or due, before a caller, ordered by time) ask of it: all
+        but the latest ``allowed - 1`` of them must have left the window. The earliest time it may send
+        as far as is known or, while one of those is in flight, the time it looks again if that is later.
+        The one in flight arrived no earlier than its slot's time, so the caller waits at least a window
+        after that, and looks again until it is settled or leaves the window.
         """
         need = -math.inf
         again: float | None = None
-        for slot in ahead:
+        for slot in earlier[: max(0, len(earlier) - allowed + 1)]:
             if self.in_flight(slot, now):
                 wait = min(self.recheck, self.leaves_at(slot, now) - now)
                 again = wait if again is None else min(again, wait)
@@ -192,13 +192,14 @@ class WindowRules:
             return delay, max_delay is None or delay <= max_delay
         allowed = int(self.allowed(state))
         at = max(now, state.paused_until)
-        # The window counts requests by when they are sent, so slots are ranked by time, not by when
-        # they were reserved (a slot moves later when its caller confirms late or its answer comes late).
-        by_time = sorted(slots, key=lambda slot: slot[1])
-        # No earlier than the latest slot.
-        last = by_time[-1][1] if by_time else -math.inf
+        # No earlier than the latest slot (the last reserved, or one moved later since: a caller that
+        # looked late, a late answer).
+        last = max((slot[1] for slot in slots), default=-math.inf)
         at = max(at, last)
         if len(slots) >= allowed:
+            # The window counts requests by when they are sent, so slots are ranked by time, not by
+            # when they were reserved.
+            by_time = sorted(slots, key=lambda slot: slot[1])
             at = max(at, by_time[-allowed][1] + self.period + self.margin)
             if self.spread:
                 # Once callers queue, space them evenly instead of releasing each window's budget
@@ -208,7 +209,7 @@ class WindowRules:
             if at <= now:
                 # Sent at once, it is not confirmed first: the requests in flight ahead of it (for more
                 # than a window: rare) hold it back here, and its caller confirms after the delay.
-                at = max(at, self._bounded_by(by_time[: len(slots) - allowed + 1], now))
+                at = max(at, self._bounded_by(by_time, allowed, now))
         delay = at - now
         if max_delay is not None and delay > max_delay:
             if keep:
@@ -234,15 +235,13 @@ class WindowRules:
             # before it, sent meanwhile (their slots moved past its planned time): neither counted the
             # other, and the window took more than its limit.
             mine[1] = max(mine[1], now)
-            ahead = sorted(
+            earlier = sorted(
                 (slot for slot in state.slots if slot is not mine and slot[1] <= mine[1]),
                 key=lambda slot: slot[1],
             )
-            allowed = int(self.allowed(state))
-            if len(ahead) >= allowed:
-                # While it waits, its slot is when it looks again: requests answered meanwhile are
-                # then counted ahead of it.
-                need = max(need, self._bounded_by(ahead[: len(ahead) - allowed + 1], now))
+            # While it waits, its slot is when it looks again: requests answered meanwhile are then
+            # counted ahead of it.
+            need = max(need, self._bounded_by(earlier, int(self.allowed(state)), now))
             mine[1] = max(mine[1], need)
         return need - now
 

@@ -371,12 +371,12 @@ local function confirm(id)
       at = now
       move(id, at)
     end
-    -- the slots no later than it (ties included), but itself
-    local ahead = redis.call('ZCOUNT', slots, '-inf', num(at)) - 1
+    -- how many slots are no later than it (ties included), but itself
+    local earlier = redis.call('ZCOUNT', slots, '-inf', num(at)) - 1
     local whole = math.floor(allowed)
-    if ahead >= whole then
+    if earlier >= whole then
       -- while it waits, its slot is when it looks again: requests answered meanwhile count ahead of it
-      need = math.max(need, bounded_by(ahead - whole, id))
+      need = math.max(need, bounded_by(earlier - whole, id))
     end
     if need > at then move(id, need) end
   end
